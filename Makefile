@@ -1,0 +1,50 @@
+# Two set-up commands: `make run` (the app) and `make test` (the whole suite).
+# Both create .venv and install from requirements*.txt on first use.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PHANTOM_DICOM := data/dicom/phantom
+PHANTOM := data/datasets/phantom
+PORT ?= 8501
+
+.PHONY: run test install install-dev phantom chromium bench clean-venv
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+# The default dataset: a synthetic head-CT phantom written as DICOM, then imported.
+$(PHANTOM)/dataset.json: | $(VENV)/.installed
+	@test -d $(PHANTOM_DICOM)/exams || $(PY) -m ich synth --out $(PHANTOM_DICOM) --exams 200 --seed 0
+	$(PY) -m ich import phantom $(PHANTOM_DICOM) --out $(PHANTOM)
+
+phantom: $(PHANTOM)/dataset.json
+
+run: $(VENV)/.installed phantom
+	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)
+
+# Debian's chromium for the real-browser test (browser downloads are impossible here).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian chromium for the browser test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "warning: could not install chromium; the browser test will be skipped"; }
+
+test: $(VENV)/.installed-dev chromium
+	$(PY) -m pytest tests -p no:cacheprovider -q -ra
+
+bench: $(VENV)/.installed-dev
+	$(PY) -m ich bench --out bench.json
+
+clean-venv:
+	rm -rf $(VENV)

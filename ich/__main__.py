@@ -1,0 +1,5 @@
+"""Entry point for ``python -m ich``."""
+
+from ich.cli import main
+
+raise SystemExit(main())
