@@ -402,3 +402,21 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def list_datasets(root: str | os.PathLike) -> pd.DataFrame:
+    """Every dataset folder directly under ``root``: name, path, source, size, exams, slices, created."""
+    rows = []
+    root = Path(root)
+    for p in sorted(root.iterdir()) if root.is_dir() else []:
+        meta_path = p / META_FILE
+        if p.name.startswith(".") or not meta_path.is_file():
+            continue
+        try:
+            meta = json.loads(meta_path.read_text())
+            n_exams = len(pd.read_parquet(p / EXAMS_FILE, columns=["exam_id"]))
+        except (OSError, ValueError):
+            continue
+        rows.append({"name": p.name, "path": str(p), "source": meta.get("source"), "size": meta.get("size"),
+                     "exams": n_exams, "created": meta.get("created")})
+    return pd.DataFrame(rows, columns=["name", "path", "source", "size", "exams", "created"])

@@ -1,0 +1,51 @@
+"""Home: what the lab answers, the active dataset, and one button for the quick study."""
+
+import time
+
+import streamlit as st
+
+from ich import jobs, paths
+from ich.store import list_datasets, open_dataset
+
+st.set_page_config(page_title="ICH label-budget lab", page_icon="🧠", layout="wide")
+st.title("ICH label-budget lab")
+st.markdown(
+    "**What kind of labels should you buy, and how many?** Radiologist slice labels are expensive; "
+    "exam labels are cheap (one per scan, often from the report). This lab trains hemorrhage detectors "
+    "on head CT under a label budget — *weak* (exam labels, attention MIL), *strong* (slice labels) or "
+    "*mixed* — and shows which reaches your target accuracy for the least annotator time. It reproduces "
+    "Teneggi, Yi & Sulam (Radiology: AI 2024) on your own data."
+)
+
+datasets = list_datasets(paths.datasets_dir())
+if datasets.empty:
+    st.info(f"No dataset yet in `{paths.datasets_dir()}`. Create the default phantom with `make run`, "
+            "or generate or import one on the **Data** page.")
+    st.stop()
+
+if "dataset_path" not in st.session_state or st.session_state["dataset_path"] not in set(datasets["path"]):
+    st.session_state["dataset_path"] = datasets["path"].iloc[0]
+names = dict(zip(datasets["path"], datasets["name"]))
+chosen = st.selectbox("Active dataset", list(names), format_func=names.get,
+                      index=list(names).index(st.session_state["dataset_path"]))
+st.session_state["dataset_path"] = chosen
+
+summary = open_dataset(chosen).summary()
+cols = st.columns(5)
+cols[0].metric("Exams", summary["exams"])
+cols[1].metric("Slices", summary["slices"])
+cols[2].metric("Positive exams", summary["positive_exams"])
+cols[3].metric("Positive slices", summary["positive_slices"])
+cols[4].metric("Exams with masks", summary["exams_with_masks"])
+st.caption("Split sizes (exams): " + ", ".join(f"{k} {v['exams']}" for k, v in summary["splits"].items()))
+
+st.subheader("Quick study")
+st.write("Weak vs strong supervision at five label budgets with three seeds each. The first point of both "
+         "curves arrives within about a minute; the full study takes a few minutes on a laptop CPU.")
+if st.button("Run the quick study", type="primary"):
+    out = paths.studies_dir() / f"quick-{time.strftime('%Y%m%d-%H%M%S')}"
+    job = jobs.submit(paths.jobs_db(), ["study", "--preset", "quick", "--dataset", chosen, "--out", str(out)],
+                      kind="study", out_dir=out, title=f"quick study on {names[chosen]}")
+    st.session_state["results_study"] = str(out)
+    st.session_state["runs_last_job"] = job.id
+    st.switch_page("pages/4_Results.py")

@@ -1,0 +1,274 @@
+"""Background jobs: a SQLite queue of ``python -m ich ...`` commands run as subprocesses.
+
+The app never trains in its own process. ``submit`` records a job (a command line and the
+folder it writes) and starts it when a slot is free: at most one training job per GPU, one
+on CPU. Each job runs as ``python -m ich.jobs <db> <job_id>`` in a new process session; that
+worker runs the command, records its exit, and starts the next queued job. A job whose
+process disappeared without reporting (killed from outside) is marked failed, with the
+reason, the next time anyone looks. Nothing here needs a daemon.
+
+States: queued -> running -> done | failed | cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+FINAL_STATES = ("done", "failed", "cancelled")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    title TEXT NOT NULL,
+    argv TEXT NOT NULL,
+    workdir TEXT NOT NULL,
+    out_dir TEXT NOT NULL,
+    log_path TEXT NOT NULL,
+    state TEXT NOT NULL,
+    pid INTEGER,
+    returncode INTEGER,
+    error TEXT,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL
+)
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of the job table."""
+
+    id: int
+    kind: str          # train | study | pretrain | synth | import | ...
+    title: str         # short human label
+    argv: list[str]    # arguments after ``python -m ich``
+    workdir: str       # working directory of the command
+    out_dir: str       # the run / study / dataset folder the command writes
+    log_path: str      # what the command printed (stdout and stderr), in <db folder>/logs/
+    state: str
+    pid: int | None
+    returncode: int | None
+    error: str | None
+    created: float
+    started: float | None
+    finished: float | None
+
+
+def _connect(db: str | os.PathLike) -> sqlite3.Connection:
+    Path(db).parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(str(db), timeout=30, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute(SCHEMA)
+    return con
+
+
+def _row_to_job(row: tuple) -> Job:
+    (id_, kind, title, argv, workdir, out_dir, log_path, state, pid, rc, error, created, started, finished) = row
+    return Job(id_, kind, title, json.loads(argv), workdir, out_dir, log_path, state, pid, rc, error, created,
+               started, finished)
+
+
+def default_slots() -> int:
+    """Concurrent jobs allowed: one per CUDA GPU, else one on CPU."""
+    try:
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    except Exception:  # pragma: no cover - torch missing is not a job-queue concern
+        return 1
+
+
+def submit(db: str | os.PathLike, argv: list[str], *, kind: str, out_dir: str | os.PathLike,
+           title: str | None = None, workdir: str | os.PathLike | None = None,
+           slots: int | None = None, start: bool = True) -> Job:
+    """Queue ``python -m ich <argv>`` and start it if a slot is free.
+
+    Args:
+        db: the SQLite file (the app uses ``data/jobs.sqlite``).
+        argv: arguments after ``python -m ich``, e.g. ``["train", "--dataset", ...]``.
+        kind: what the job is (shown in the app).
+        out_dir: the folder the command writes (a run or study folder).
+        slots: concurrent jobs allowed (default: ``default_slots()``).
+        start: start queued jobs now (tests may pass False).
+
+    Raises:
+        ValueError: if ``argv`` is empty or not a list of strings.
+    """
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise ValueError(f"argv must be a non-empty list of strings (arguments after `python -m ich`), not {argv!r}")
+    workdir = str(Path(workdir or os.getcwd()).resolve())
+    out_dir = str(Path(workdir, out_dir).resolve())
+    logs = Path(db).resolve().parent / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with closing(_connect(db)) as con:
+        cur = con.execute(
+            "INSERT INTO jobs (kind, title, argv, workdir, out_dir, log_path, state, created) "
+            "VALUES (?,?,?,?,?,?,?,?)",
+            (kind, title or " ".join(argv[:1] + [Path(out_dir).name]), json.dumps(argv), workdir, out_dir,
+             "", "queued", time.time()),
+        )
+        job_id = cur.lastrowid
+        con.execute("UPDATE jobs SET log_path=? WHERE id=?", (str(logs / f"job-{job_id}.log"), job_id))
+    if start:
+        start_queued(db, slots=slots)
+    return get(db, job_id)
+
+
+def get(db: str | os.PathLike, job_id: int) -> Job:
+    """One job by id (after reconciling dead processes)."""
+    reconcile(db)
+    with closing(_connect(db)) as con:
+        row = con.execute("SELECT * FROM jobs WHERE id = ?", (int(job_id),)).fetchone()
+    if row is None:
+        raise KeyError(f"no job {job_id} in {db}; list jobs with `python -m ich jobs list`")
+    return _row_to_job(row)
+
+
+def list_jobs(db: str | os.PathLike) -> list[Job]:
+    """Every job, newest first (after reconciling dead processes)."""
+    if not Path(db).exists():
+        return []
+    reconcile(db)
+    with closing(_connect(db)) as con:
+        rows = con.execute("SELECT * FROM jobs ORDER BY id DESC").fetchall()
+    return [_row_to_job(r) for r in rows]
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - another user's process
+        return True
+    try:  # a zombie (exited, not yet reaped) counts as dead
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def reconcile(db: str | os.PathLike) -> None:
+    """Mark running jobs whose process is gone as failed, with the reason."""
+    with closing(_connect(db)) as con:
+        rows = con.execute("SELECT id, pid FROM jobs WHERE state = 'running'").fetchall()
+        for job_id, pid in rows:
+            if not _alive(pid):
+                con.execute(
+                    "UPDATE jobs SET state='failed', finished=?, error=? WHERE id=? AND state='running'",
+                    (time.time(), f"the job's process (pid {pid}) ended without reporting: it was killed from "
+                     "outside or the machine restarted. Resume it to continue from its last checkpoint.", job_id),
+                )
+
+
+def start_queued(db: str | os.PathLike, *, slots: int | None = None) -> list[int]:
+    """Start queued jobs (oldest first) while fewer than ``slots`` are running. Returns started ids."""
+    slots = slots or default_slots()
+    reconcile(db)
+    started = []
+    with closing(_connect(db)) as con:
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            running = con.execute("SELECT COUNT(*) FROM jobs WHERE state='running'").fetchone()[0]
+            queued = con.execute("SELECT id FROM jobs WHERE state='queued' ORDER BY id").fetchall()
+            for (job_id,) in queued[: max(0, slots - running)]:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "ich.jobs", str(Path(db).resolve()), str(job_id)],
+                    cwd=con.execute("SELECT workdir FROM jobs WHERE id=?", (job_id,)).fetchone()[0],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+                con.execute("UPDATE jobs SET state='running', pid=?, started=? WHERE id=?",
+                            (proc.pid, time.time(), job_id))
+                started.append(job_id)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    return started
+
+
+def cancel(db: str | os.PathLike, job_id: int) -> Job:
+    """Cancel a queued or running job (its whole process group is terminated)."""
+    job = get(db, job_id)
+    if job.state in FINAL_STATES:
+        raise ValueError(f"job {job_id} is already {job.state}; only queued or running jobs can be cancelled")
+    with closing(_connect(db)) as con:
+        con.execute("UPDATE jobs SET state='cancelled', finished=?, error=? WHERE id=?",
+                    (time.time(), "cancelled by the user", job_id))
+    if job.state == "running" and job.pid:
+        try:
+            os.killpg(job.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    start_queued(db)
+    return get(db, job_id)
+
+
+def resume(db: str | os.PathLike, job_id: int, *, resume_flag: str = "--resume") -> Job:
+    """Queue a finished-but-unsuccessful job again, with ``--resume`` so it continues from its checkpoint."""
+    job = get(db, job_id)
+    if job.state not in ("failed", "cancelled"):
+        raise ValueError(f"job {job_id} is {job.state}; only failed or cancelled jobs can be resumed")
+    argv = job.argv if resume_flag in job.argv else [*job.argv, resume_flag]
+    return submit(db, argv, kind=job.kind, out_dir=job.out_dir, title=job.title, workdir=job.workdir)
+
+
+def tail_log(job: Job, lines: int = 20) -> str:
+    """The last lines the job's command printed (stdout and stderr together)."""
+    if not job.log_path or not Path(job.log_path).exists():
+        return ""
+    with open(job.log_path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 64 * 1024))
+        text = f.read().decode("utf-8", errors="replace")
+    return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
+
+
+def _worker(db: str, job_id: int) -> int:
+    """Run one job's command, record its end, start the next queued job."""
+    job = get(db, job_id)
+    Path(job.out_dir).parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(job.log_path, "ab") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "ich", *job.argv], cwd=job.workdir, stdout=logf,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+
+        def forward(signum, _frame):
+            proc.send_signal(signum)
+
+        signal.signal(signal.SIGTERM, forward)
+        rc = proc.wait()
+    error = None
+    if rc != 0:
+        last = tail_log(job, 5).strip().splitlines()
+        error = next((ln for ln in reversed(last) if ln.startswith("error:")), last[-1] if last else f"exit {rc}")
+    with closing(_connect(db)) as con:
+        con.execute(
+            "UPDATE jobs SET state=?, returncode=?, finished=?, error=COALESCE(error, ?) "
+            "WHERE id=? AND state='running'",
+            ("done" if rc == 0 else "failed", rc, time.time(), error, job_id),
+        )
+    start_queued(db)
+    return rc
+
+
+if __name__ == "__main__":  # python -m ich.jobs <db> <job_id>
+    raise SystemExit(_worker(sys.argv[1], int(sys.argv[2])))

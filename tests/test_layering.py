@@ -1,0 +1,44 @@
+"""The import layering rules: ich/ never imports streamlit; pages never import each other."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_ich_never_imports_streamlit():
+    offenders = [str(p.relative_to(REPO)) for p in (REPO / "ich").rglob("*.py")
+                 if any(m.split(".")[0] == "streamlit" for m in imported_modules(p))]
+    assert not offenders, f"these ich modules import streamlit: {offenders}"
+
+
+def test_pages_never_import_each_other():
+    pages = sorted((REPO / "pages").glob("*.py"))
+    page_modules = {p.stem for p in pages} | {"app"}
+    for page in [*pages, REPO / "app.py"]:
+        if not page.exists():
+            continue
+        bad = {m for m in imported_modules(page) if m.split(".")[0] in page_modules or m.startswith("pages")}
+        assert not bad, f"{page.name} imports another page: {bad}"
+
+
+def test_every_ich_module_states_its_job():
+    missing = []
+    for p in (REPO / "ich").rglob("*.py"):
+        doc = ast.get_docstring(ast.parse(p.read_text()))
+        if not doc or not doc.strip().splitlines()[0].strip():
+            missing.append(str(p.relative_to(REPO)))
+    assert not missing, f"modules without a one-line docstring: {missing}"
