@@ -1,0 +1,59 @@
+"""AppTest smoke tests: every page renders on a tiny phantom dataset without an exception."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = sorted((REPO / "pages").glob("*.py"))
+
+
+@pytest.fixture
+def app_data(tmp_path, monkeypatch, tiny_dataset):
+    """A data root holding one tiny dataset, used by the app through $ICH_DATA."""
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset, root / "datasets" / "tiny")
+    monkeypatch.setenv("ICH_DATA", str(root))
+    monkeypatch.chdir(REPO)
+    return root
+
+
+def run_page(path: Path, **state) -> AppTest:
+    at = AppTest.from_file(str(path), default_timeout=60)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def test_home_renders_counts(app_data):
+    at = run_page(REPO / "app.py")
+    assert not at.exception
+    assert [m.label for m in at.metric][:2] == ["Exams", "Slices"]
+    assert any(b.label == "Run the quick study" for b in at.button)
+
+
+def test_home_without_data_explains_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("ICH_DATA", str(tmp_path / "empty"))
+    monkeypatch.chdir(REPO)
+    at = run_page(REPO / "app.py")
+    assert not at.exception
+    assert "No dataset yet" in at.info[0].value
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
+def test_every_page_renders(app_data, page):
+    at = run_page(page)
+    assert not at.exception, at.exception
+
+
+def test_data_page_has_the_viewer_widgets(app_data):
+    at = run_page(REPO / "pages" / "1_Data.py")
+    assert not at.exception
+    assert at.slider(key="data_slice") is not None
+    assert at.radio(key="data_window").options == ["brain", "subdural", "bone"]
+    at.radio(key="data_window").set_value("bone").run()
+    assert not at.exception
