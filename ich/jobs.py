@@ -272,3 +272,46 @@ def _worker(db: str, job_id: int) -> int:
 
 if __name__ == "__main__":  # python -m ich.jobs <db> <job_id>
     raise SystemExit(_worker(sys.argv[1], int(sys.argv[2])))
+
+
+def progress_of(out_dir: str | os.PathLike) -> dict:
+    """Live progress of what a job writes: a run folder's status.json, or a study's progress.
+
+    Returns ``{"progress": 0-1 or None, "detail": short text, "val_exam_auc": float or None}``.
+    """
+    from ich import runs
+
+    out = Path(out_dir)
+    if runs.is_run(out):
+        st = runs.read_status(out)
+        metrics = runs.read_metrics(out)
+        auc = metrics["val_exam_auc"].dropna().iloc[-1] if "val_exam_auc" in metrics and \
+            metrics["val_exam_auc"].notna().any() else None
+        epoch = st.get("epoch")
+        return {"progress": st.get("progress"), "detail": f"epoch {epoch}" if epoch is not None else st["state"],
+                "val_exam_auc": None if auc is None else float(auc)}
+    study_progress = out / "progress.json"
+    if study_progress.is_file():
+        try:
+            p = json.loads(study_progress.read_text())
+        except json.JSONDecodeError:
+            p = {}
+        done, total = p.get("done", 0), p.get("total") or 0
+        return {"progress": done / total if total else None, "detail": f"{done}/{total} cells",
+                "val_exam_auc": None}
+    return {"progress": None, "detail": "", "val_exam_auc": None}
+
+
+def overview(db: str | os.PathLike) -> list[dict]:
+    """Every job (newest first) with its live progress, for the Runs page and `ich jobs list`."""
+    rows = []
+    for j in list_jobs(db):
+        live = progress_of(j.out_dir) if j.state == "running" or j.state in FINAL_STATES else {}
+        progress = 1.0 if j.state == "done" else live.get("progress")
+        rows.append({
+            "id": j.id, "state": j.state, "kind": j.kind, "title": j.title,
+            "progress": float(progress) if progress is not None else 0.0, "detail": live.get("detail", ""),
+            "val_exam_auc": live.get("val_exam_auc"), "error": j.error, "out_dir": j.out_dir,
+            "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created)),
+        })
+    return rows

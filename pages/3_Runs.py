@@ -1,0 +1,48 @@
+"""Runs: every background job with live status, progress and validation AUC; cancel, resume, logs."""
+
+import pandas as pd
+import streamlit as st
+
+from ich import jobs, paths
+
+st.set_page_config(page_title="Runs · ICH lab", layout="wide")
+st.title("Runs")
+st.caption("Training, studies, phantom generation and imports run in the background, one at a time on a "
+           "CPU (one per GPU). This page refreshes every 2 seconds.")
+
+
+@st.fragment(run_every=2)
+def job_table():
+    rows = jobs.overview(paths.jobs_db())
+    if not rows:
+        st.info("No jobs yet. Start a run on the **Train** page, or the quick study on the home page.")
+        return
+    st.dataframe(
+        pd.DataFrame(rows)[["id", "state", "kind", "title", "progress", "detail", "val_exam_auc", "error", "created"]],
+        hide_index=True,
+        column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0),
+                       "val_exam_auc": st.column_config.NumberColumn("val exam AUC", format="%.3f")},
+    )
+
+
+job_table()
+
+rows = jobs.overview(paths.jobs_db())
+if not rows:
+    st.stop()
+st.subheader("One job")
+by_id = {r["id"]: r for r in rows}
+job_id = st.selectbox("Job", list(by_id), format_func=lambda i: f"#{i} {by_id[i]['title']} ({by_id[i]['state']})",
+                      key="runs_job")
+job = by_id[job_id]
+c = st.columns(3)
+if c[0].button("Cancel", disabled=job["state"] not in ("queued", "running")):
+    jobs.cancel(paths.jobs_db(), job_id)
+    st.rerun()
+if c[1].button("Resume", disabled=job["state"] not in ("failed", "cancelled")):
+    new = jobs.resume(paths.jobs_db(), job_id)
+    st.success(f"Resumed as job #{new.id}.")
+if job["error"]:
+    st.error(job["error"])
+st.markdown(f"Writes to `{job['out_dir']}`")
+st.code(jobs.tail_log(jobs.get(paths.jobs_db(), job_id), 30) or "(no output yet)", language=None)
