@@ -12,3 +12,22 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~5 s on a 2-core CPU")
     config.addinivalue_line("markers", "browser: drives a real chromium against the app")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """An ich dataset of 24 easy phantom exams (64 x 64, 8-12 slices, seed 0), rendered straight into the store."""
+    from ich.phantom import write_phantom_dataset
+
+    return write_phantom_dataset(tmp_path_factory.mktemp("tiny_dataset") / "phantom", 24, seed=0, size=64,
+                                 difficulty="easy", slices=(8, 12))
+
+
+@pytest.fixture(scope="session")
+def tiny_dicom_phantom(tmp_path_factory):
+    """A `python -m ich synth` tree of 4 easy exams (64 x 64, 8-12 slices, seed 1: PH000002-3 are positive)."""
+    from ich.synth import write_synth_dataset
+
+    out = tmp_path_factory.mktemp("tiny_dicom_phantom") / "phantom"
+    write_synth_dataset(out, 4, seed=1, size=64, difficulty="easy", slices=(8, 12), workers=1)
+    return out
