@@ -57,3 +57,18 @@ def test_data_page_has_the_viewer_widgets(app_data):
     assert at.radio(key="data_window").options == ["brain", "subdural", "bone"]
     at.radio(key="data_window").set_value("bone").run()
     assert not at.exception
+
+
+def test_launching_a_run_creates_a_job(app_data):
+    from ich import jobs
+
+    at = run_page(REPO / "pages" / "2_Train.py")
+    assert not at.exception
+    at.number_input(key="train_budget").set_value(8)
+    at.number_input(key="train_epochs").set_value(1)
+    at.button(key="train_launch").click().run()
+    assert not at.exception
+    rows = jobs.list_jobs(app_data / "jobs.sqlite")
+    assert len(rows) == 1 and rows[0].kind == "train"
+    assert rows[0].argv[:2] == ["train", "--dataset"] and "--budget" in rows[0].argv
+    jobs.cancel(app_data / "jobs.sqlite", rows[0].id)
