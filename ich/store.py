@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ich.labels import SPLITS, SUBTYPES
-from ich.preprocess import resize, to_int16_hu
+from ich.preprocess import HU_MAX, HU_MIN, resize, to_int16_hu
 
 FORMAT = "ich-dataset/1"
 META_FILE, EXAMS_FILE, SLICES_FILE = "dataset.json", "exams.parquet", "slices.parquet"
@@ -227,7 +227,10 @@ class DatasetWriter:
             subtypes = ({s: float(slice_subtypes[:, i].max()) for i, s in enumerate(SUBTYPES)}
                         if slice_subtypes is not None else {s: None for s in SUBTYPES})
 
-        vol = to_int16_hu(resize(np.asarray(hu, dtype=np.float32), self.size))
+        if hu.dtype == np.int16 and hu.shape[1:] == (self.size, self.size):
+            vol = np.clip(hu, HU_MIN, HU_MAX)  # already in the cache format (importers send int16 HU); same result
+        else:
+            vol = to_int16_hu(resize(np.asarray(hu, dtype=np.float32), self.size))
         _save_npy(self.tmp / VOLUME_DIR / f"{exam_id}.npy", vol)
         lesion_pixels = None
         if mask is not None:
