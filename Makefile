@@ -25,8 +25,8 @@ install-dev: $(VENV)/.installed-dev
 
 # The default dataset: a synthetic head-CT phantom written as DICOM, then imported.
 $(PHANTOM)/dataset.json: | $(VENV)/.installed
-	@test -d $(PHANTOM_DICOM)/exams || $(PY) -m ich synth --out $(PHANTOM_DICOM) --exams 200 --seed 0
-	$(PY) -m ich import phantom $(PHANTOM_DICOM) --out $(PHANTOM)
+	@test -d $(PHANTOM_DICOM)/exams || $(PY) -m ich synth --out $(PHANTOM_DICOM) --exams 300 --seed 0
+	$(PY) -m ich import phantom $(PHANTOM_DICOM) --out $(PHANTOM) --size 128
 
 phantom: $(PHANTOM)/dataset.json
 

@@ -39,7 +39,7 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset as DicomDataset
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 
 from ich.preprocess import HU_MAX, HU_MIN, fix_12bit, needs_12bit_fix, resize, to_hu, to_int16_hu
 
@@ -979,8 +979,8 @@ def write_series(hu: np.ndarray, out_dir: str | os.PathLike, *, patient_id: str,
                  slope: float = 1.0, window: tuple[float, float] = (40.0, 80.0),
                  series_description: str = "HEAD CT", study_key: str | None = None,
                  file_names: list[str] | None = None, sop_uids: list[str] | None = None,
-                 study_date: str = "20260101") -> list[str]:
-    """Write a (S, H, W) HU volume as one uncompressed CT series, one file per slice.
+                 study_date: str = "20260101", compression: str = "none") -> list[str]:
+    """Write a (S, H, W) HU volume as one CT series, one file per slice.
 
     Files are valid CT Image Storage objects with unique deterministic UIDs (derived from
     ``series_key``), ImagePositionPatient/ImageOrientationPatient (axial, slice i at
@@ -996,11 +996,15 @@ def write_series(hu: np.ndarray, out_dir: str | os.PathLike, *, patient_id: str,
         intercept, slope: stored pixel = round((hu - intercept) / slope) as uint16.
         file_names: optional file names (default ``<sop uid>.dcm``).
         sop_uids: optional SOPInstanceUIDs (RSNA-style fixtures use ``ID_<hex>``).
+        compression: ``"none"`` (Explicit VR Little Endian) or ``"rle"`` (RLE Lossless, about 2x
+            smaller for head CT; decoded natively by pydicom).
 
     Returns:
         The SOPInstanceUIDs, in slice order.
     """
     hu = np.asarray(hu)
+    if compression not in ("none", "rle"):
+        raise ValueError(f"compression must be 'none' or 'rle', not {compression!r}")
     if hu.ndim != 3:
         raise ValueError(f"write_series expects a (S, H, W) volume, not shape {hu.shape}")
     out = Path(out_dir)
@@ -1049,6 +1053,8 @@ def write_series(hu: np.ndarray, out_dir: str | os.PathLike, *, patient_id: str,
         ds.HighBit = 15
         ds.PixelRepresentation = 0
         ds.PixelData = stored[i].tobytes()
+        if compression == "rle":
+            ds.compress(RLELossless, generate_instance_uid=False)
         target = out / names[i]
         tmp = target.with_name(f".{target.name}.tmp")
         ds.save_as(tmp, enforce_file_format=True)

@@ -141,10 +141,10 @@ def test_accepts_an_empty_out(tmp_path):
 def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):
     real = synth.synth_exam
 
-    def flaky(out, index, seed, cfg):
+    def flaky(out, index, seed, cfg, compression):
         if index == 1:
             raise RuntimeError("disk full")
-        return real(out, index, seed, cfg)
+        return real(out, index, seed, cfg, compression)
 
     monkeypatch.setattr(synth, "synth_exam", flaky)
     with pytest.raises(RuntimeError, match="disk full"):
