@@ -1,0 +1,214 @@
+"""Scoring exams with a trained model: per-exam and per-slice probabilities and attention.
+
+``score_bags`` turns a loader of (padded) bags into the prediction table of the run folder
+(one row per slice: exam_id, index, split, exam_score, exam_label, slice_score, attention,
+slice_label). The exam score is sigmoid(exam logit) for exam-supervised learners (weak,
+mixed) and the maximum slice probability for the slice-supervised learner (strong), as the
+reference did; the strong learner's attention column is NaN (its pooling is never trained).
+``predict_dataset`` scores a dataset with a finished run; ``predict_volume`` scores one HU volume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ich import runs
+from ich.config import RunConfig
+from ich.data import BagDataset, VolumeCache, collate_bags, exam_slice_labels, window_slices
+from ich.preprocess import resize
+
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu. ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but no CUDA GPU is available; use --device auto or cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be one of ['auto', 'cpu', 'cuda'], not {device!r}")
+    return torch.device(device)
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels on this CPU (AVX512-BF16/AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on CUDA with bf16 (else fp16) and on CPUs with native bf16 (else fp32)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_supports_bf16() else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision 'fp16' needs a CUDA device; on CPU use 'bf16' or 'fp32'")
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for a resolved precision (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def auc(y_true, y_score) -> float:
+    """Exam/slice ROC AUC; NaN when only one class is present or nothing is labelled.
+
+    Private stand-in (sklearn.metrics.roc_auc_score) until ``ich.metrics.roc_auc`` is wired in.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y_true, dtype=float)
+    s = np.asarray(y_score, dtype=float)
+    keep = ~np.isnan(y) & ~np.isnan(s)
+    y, s = y[keep], s[keep]
+    if len(y) == 0 or y.min() == y.max():
+        return float("nan")
+    return float(roc_auc_score(y.astype(int), s))
+
+
+@torch.no_grad()
+def score_bags(model, loader, *, supervision: str, device: torch.device, precision: str = "fp32",
+               split: str | None = None) -> pd.DataFrame:
+    """Score every bag of a loader (batches from ``collate_bags``) -> the prediction table.
+
+    Returns:
+        One row per real slice with ``runs.PREDICTION_COLUMNS`` (labels as nullable Int8).
+    """
+    model.eval()
+    parts = []
+    for batch in loader:
+        mask = batch["mask"].to(device)
+        with autocast(device, precision):
+            if "x" in batch:
+                out = model(batch["x"].to(device), mask)
+            else:
+                out = model.forward_embeddings(batch["h"].to(device), mask)
+        slice_prob = torch.sigmoid(out.slice_logits.float())                        # (B, S)
+        if supervision == "strong":
+            exam = slice_prob.masked_fill(~mask, float("-inf")).amax(dim=1)          # (B,)
+            attention = torch.full_like(slice_prob, float("nan"))
+        else:
+            exam = torch.sigmoid(out.logit.float())                                  # (B,)
+            attention = out.attention.float()
+        m = batch["mask"].numpy()
+        counts = m.sum(axis=1)
+        parts.append(pd.DataFrame({
+            "exam_id": np.repeat(np.asarray(batch["exam_id"], dtype=object), counts),
+            "index": batch["index"].numpy()[m].astype(np.int32),
+            "exam_score": np.repeat(exam.cpu().numpy(), counts),
+            "exam_label": np.repeat(batch["label"].numpy(), counts),
+            "slice_score": slice_prob.cpu().numpy()[m],
+            "attention": attention.cpu().numpy()[m],
+            "slice_label": batch["slice_labels"].numpy()[m],
+        }))
+    if not parts:
+        df = pd.DataFrame(columns=runs.PREDICTION_COLUMNS)
+    else:
+        df = pd.concat(parts, ignore_index=True)
+    df.insert(2, "split", split if split is not None else "")
+    for col in ("exam_label", "slice_label"):
+        df[col] = pd.array(np.where(np.isnan(df[col].to_numpy(float)), None, df[col].to_numpy(float)),
+                           dtype="Float64").astype("Int8")
+    for col in ("exam_score", "slice_score", "attention"):
+        df[col] = df[col].astype(np.float32)
+    return df[runs.PREDICTION_COLUMNS]
+
+
+def summarize(pred: pd.DataFrame) -> dict:
+    """Exam AUC, slice AUC and counts of a prediction table (AUCs are NaN on one-class input)."""
+    exams = pred.groupby("exam_id", sort=False).agg(score=("exam_score", "first"), label=("exam_label", "first"))
+    ey = exams["label"].astype("Float64").to_numpy(float, na_value=np.nan)
+    sy = pred["slice_label"].astype("Float64").to_numpy(float, na_value=np.nan)
+    return {"exam_auc": auc(ey, exams["score"].to_numpy(float)),
+            "slice_auc": auc(sy, pred["slice_score"].to_numpy(float)),
+            "n_exams": int(len(exams)), "n_positive_exams": int(np.nansum(ey))}
+
+
+def bag_loader(dataset, exams: pd.DataFrame, cfg: RunConfig, *, volumes: VolumeCache | None = None,
+               batch_exams: int = 1) -> torch.utils.data.DataLoader:
+    """A loader of whole exams (all slices, in order, no augmentation), with their slice labels."""
+    volumes = volumes or VolumeCache(dataset, cfg.data.input_size)
+    ds = BagDataset(volumes, exams, windows=cfg.data.windows,
+                    slice_labels=exam_slice_labels(dataset.slices, exams["exam_id"]))
+    return torch.utils.data.DataLoader(ds, batch_size=batch_exams, shuffle=False, collate_fn=collate_bags)
+
+
+def predict_dataset(run: str | os.PathLike, dataset_path: str | os.PathLike, *, split: str | None = None,
+                    name: str | None = None, device: str = "auto") -> Path:
+    """Score a dataset with a finished run and write the prediction table into the run folder.
+
+    Args:
+        run: the run folder.
+        dataset_path: an ich dataset folder.
+        split: train | val | test | all; default: ``test`` for the run's own dataset, else ``all``.
+        name: written as ``predictions-<name>.parquet``; default: the run's predictions.parquet for its
+            own dataset's test split, else the dataset's name.
+
+    Returns:
+        The file written.
+    """
+    from ich.store import open_dataset
+
+    cfg = runs.read_config(run)
+    dataset = open_dataset(dataset_path)
+    own = Path(dataset_path).resolve() == Path(cfg.data.dataset).resolve()
+    split = split or ("test" if own else "all")
+    if split not in ("train", "val", "test", "all"):
+        raise ValueError(f"split must be one of ['train', 'val', 'test', 'all'], not {split!r}")
+    exams = dataset.exams if split == "all" else dataset.exams[dataset.exams["split"] == split]
+    if exams.empty:
+        raise ValueError(f"dataset {dataset.name} has no exams in split {split!r}")
+    dev = resolve_device(device)
+    precision = resolve_precision(cfg.train.precision, dev)
+    model = runs.load_model(run, dev)
+    model.channels_last = dev.type == "cpu" and precision == "bf16"
+    if model.channels_last:
+        model.to(memory_format=torch.channels_last)
+    frames = []
+    for sp, grp in exams.groupby("split", sort=False):
+        loader = bag_loader(dataset, grp.reset_index(drop=True), cfg)
+        frames.append(score_bags(model, loader, supervision=cfg.train.supervision, device=dev, precision=precision,
+                                 split=str(sp)))
+    df = pd.concat(frames, ignore_index=True)
+    if name is None and not (own and split == "test"):
+        name = dataset.name if split == "all" else f"{dataset.name}-{split}"
+    return runs.write_predictions(run, df, name=name)
+
+
+@torch.no_grad()
+def predict_volume(run: str | os.PathLike, hu: np.ndarray, *, device: str = "auto") -> tuple[float, pd.DataFrame]:
+    """Score one exam given as a float HU volume (S, H, W) in slice order.
+
+    Returns:
+        (exam_score, slices) where slices has index, slice_score, attention.
+    """
+    cfg = runs.read_config(run)
+    hu = np.asarray(hu, dtype=np.float32)
+    if hu.ndim != 3:
+        raise ValueError(f"predict_volume expects a (S, H, W) HU volume, not shape {hu.shape}")
+    size = cfg.data.input_size or hu.shape[-1]
+    dev = resolve_device(device)
+    precision = resolve_precision(cfg.train.precision, dev)
+    model = runs.load_model(run, dev)
+    x = window_slices(torch.from_numpy(resize(hu, size)), cfg.data.windows)          # (S, C, h, w)
+    batch = {"x": x.unsqueeze(0), "mask": torch.ones(1, len(x), dtype=torch.bool), "label": torch.tensor([np.nan]),
+             "slice_labels": torch.full((1, len(x)), float("nan")), "index": torch.arange(len(x)).unsqueeze(0),
+             "exam_id": ["exam"]}
+    df = score_bags(model, [batch], supervision=cfg.train.supervision, device=dev, precision=precision)
+    return float(df["exam_score"].iloc[0]), df[["index", "slice_score", "attention"]].reset_index(drop=True)

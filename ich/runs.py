@@ -1,0 +1,371 @@
+"""The run folder, the unit of record: the only module that knows its file names.
+
+Layout of ``<runs root>/<run name>/``::
+
+    config.json          the frozen RunConfig (everything needed to rerun)
+    status.json          state (queued | running | done | failed | cancelled), epoch, progress 0-1,
+                         timestamps, error message, summary numbers
+    metrics.jsonl        one line per epoch: epoch, train_loss, val_exam_auc, val_slice_auc, lr, seconds
+    labels.parquet       the labels the budget bought (kind exam | slice, exam_id, index)
+    checkpoint.pt        {"kind": "ich-run", "config", "model" (best weights), "epoch", "best",
+                          "last": {weights, optimiser, scheduler, ...} while the run can resume,
+                          "encoder_ref": frozen-encoder file + checksum on the fast path}
+    predictions.parquet  test split, one row per slice: exam_id, index, split, exam_score,
+                         exam_label, slice_score, attention, slice_label
+    metrics.json         evaluation of the test split (``ich.evaluate.evaluate_run``); another
+                         dataset's predictions and evaluation: predictions-<name>.parquet, metrics-<name>.json
+    CANCEL               present when a cancel was requested (checked between epochs)
+
+Every write is atomic (a temporary file, then ``os.replace``); metrics lines are appended whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ich.config import RunConfig
+
+CONFIG_FILE = "config.json"
+STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.jsonl"
+LABELS_FILE = "labels.parquet"
+CHECKPOINT_FILE = "checkpoint.pt"
+PREDICTIONS_FILE = "predictions.parquet"
+EVALUATION_FILE = "metrics.json"
+CANCEL_FILE = "CANCEL"
+STATES = ("queued", "running", "done", "failed", "cancelled")
+FINAL_STATES = ("done", "failed", "cancelled")
+PREDICTION_COLUMNS = ["exam_id", "index", "split", "exam_score", "exam_label", "slice_score", "attention",
+                      "slice_label"]
+CHECKPOINT_KIND = "ich-run"
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def run_name(cfg: RunConfig, when: float | None = None) -> str:
+    """``<YYYYmmdd-HHMMSS>-<supervision>-m<budget|all>-s<seed>``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+    budget = "all" if cfg.train.budget is None else str(cfg.train.budget)
+    return f"{stamp}-{cfg.train.supervision}-m{budget}-s{cfg.seed}"
+
+
+def is_run(path: str | os.PathLike) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def _check_run(run: str | os.PathLike) -> Path:
+    run = Path(run)
+    if not is_run(run):
+        raise FileNotFoundError(f"{run} is not a run folder (no {CONFIG_FILE}); start one with `python -m ich train`")
+    return run
+
+
+# ------------------------------------------------------------------------------ config
+def create_run(run: str | os.PathLike, cfg: RunConfig) -> Path:
+    """Create a run folder holding ``config.json`` and a ``queued`` status.
+
+    Raises:
+        FileExistsError: the folder exists and is not empty (use ``--resume`` to continue a run).
+    """
+    run = Path(run)
+    if run.exists() and any(run.iterdir()):
+        what = "a run" if is_run(run) else "other files"
+        raise FileExistsError(f"{run} already exists and holds {what}; choose a new --out folder"
+                              + (", or pass --resume to continue it" if what == "a run" else ""))
+    run.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(run / CONFIG_FILE, cfg.to_json().encode())
+    write_status(run, "queued", created=_now(), epoch=0, progress=0.0)
+    return run
+
+
+def read_config(run: str | os.PathLike) -> RunConfig:
+    run = _check_run(run)
+    return RunConfig.from_json((run / CONFIG_FILE).read_text())
+
+
+# ------------------------------------------------------------------------------ status
+def read_status(run: str | os.PathLike) -> dict:
+    """The status dict (``{}`` fields missing); ``state`` is always present."""
+    p = Path(run) / STATUS_FILE
+    if not p.is_file():
+        return {"state": "queued"}
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return {"state": "unknown", "error": f"{p} is not valid JSON"}
+
+
+def write_status(run: str | os.PathLike, state: str | None = None, **fields) -> dict:
+    """Merge ``fields`` (and ``state``) into status.json atomically; returns the new status."""
+    if state is not None and state not in STATES:
+        raise ValueError(f"state must be one of {list(STATES)}, not {state!r}")
+    run = Path(run)
+    status = read_status(run) if (run / STATUS_FILE).is_file() else {}
+    if state is not None:
+        status["state"] = state
+    status.update(_clean(fields))
+    status["updated"] = _now()
+    _atomic_write_bytes(run / STATUS_FILE, json.dumps(status, indent=2, default=_json_default).encode())
+    return status
+
+
+# ------------------------------------------------------------------------------ metrics
+def append_metrics(run: str | os.PathLike, row: dict) -> None:
+    """Append one epoch's metrics as a JSON line (NaN written as null)."""
+    line = json.dumps({k: _finite_or_none(v) for k, v in row.items()}, default=_json_default) + "\n"
+    with open(Path(run) / METRICS_FILE, "a") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_metrics(run: str | os.PathLike) -> pd.DataFrame:
+    """One row per epoch (empty frame before the first epoch); a torn last line is ignored."""
+    p = Path(run) / METRICS_FILE
+    rows = []
+    if p.is_file():
+        for line in p.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return pd.DataFrame(rows)
+
+
+def truncate_metrics(run: str | os.PathLike, last_epoch: int) -> None:
+    """Keep only epochs <= ``last_epoch`` (used when a run resumes from its checkpoint)."""
+    df = read_metrics(run)
+    lines = [] if df.empty else [json.dumps({k: _finite_or_none(v) for k, v in r.items() if not _is_na(v)})
+                                 for r in df.to_dict("records") if r["epoch"] <= last_epoch]
+    _atomic_write_bytes(Path(run) / METRICS_FILE, "".join(line + "\n" for line in lines).encode())
+
+
+# ------------------------------------------------------------------------------ labels bought
+def write_labels(run: str | os.PathLike, labels: pd.DataFrame) -> None:
+    _write_parquet(Path(run) / LABELS_FILE, labels)
+
+
+def read_labels(run: str | os.PathLike) -> pd.DataFrame:
+    p = _check_run(run) / LABELS_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"run {Path(run).name} has no {LABELS_FILE} yet (it has not started training)")
+    return pd.read_parquet(p)
+
+
+# ------------------------------------------------------------------------------ checkpoint
+def save_checkpoint(run: str | os.PathLike, payload: dict) -> None:
+    """Write checkpoint.pt atomically (``payload`` gets ``kind`` added)."""
+    path = Path(run) / CHECKPOINT_FILE
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save({"kind": CHECKPOINT_KIND, **payload}, tmp)
+    os.replace(tmp, path)
+
+
+def has_checkpoint(run: str | os.PathLike) -> bool:
+    return (Path(run) / CHECKPOINT_FILE).is_file()
+
+
+def load_checkpoint(run: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    run = _check_run(run)
+    path = run / CHECKPOINT_FILE
+    if not path.is_file():
+        state = read_status(run).get("state", "unknown")
+        raise FileNotFoundError(f"run {run.name} has no checkpoint yet (state: {state}); wait for its first "
+                                "epoch to finish, or choose a finished run")
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
+        raise ValueError(f"{path} is not an ich run checkpoint")
+    return ckpt
+
+
+def load_model(run: str | os.PathLike, device: str | torch.device = "cpu"):
+    """The run's best model (``MILModel``, eval mode) from its checkpoint; the config is ``read_config(run)``.
+
+    Fast-path runs store only the head; their frozen encoder is read from the ``init`` file,
+    whose weights must still match the checksum recorded at training time.
+    """
+    from ich.models import build_model, state_checksum
+
+    ckpt = load_checkpoint(run)
+    cfg = RunConfig.from_dict(ckpt["config"])
+    ref = ckpt.get("encoder_ref")
+    model = build_model(cfg, load_init=ref is not None)
+    if ref is not None:
+        have = state_checksum(model.encoder)
+        if have != ref["checksum"]:
+            raise ValueError(f"run {Path(run).name} was trained on frozen encoder {ref['path']} with checksum "
+                             f"{ref['checksum']}, but that file now holds weights {have}; restore the original "
+                             "encoder file to use this run")
+        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+        if unexpected or [k for k in missing if not k.startswith("encoder.")]:
+            raise ValueError(f"checkpoint of run {Path(run).name} does not fit its config "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    else:
+        model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()
+
+
+# ------------------------------------------------------------------------------ predictions
+def predictions_path(run: str | os.PathLike, name: str | None = None) -> Path:
+    """``predictions.parquet`` (test split of the training dataset) or ``predictions-<name>.parquet``."""
+    if name is None:
+        return Path(run) / PREDICTIONS_FILE
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
+        raise ValueError(f"prediction name must be letters, digits, '.', '_' or '-', not {name!r}")
+    return Path(run) / f"predictions-{name}.parquet"
+
+
+def write_predictions(run: str | os.PathLike, df: pd.DataFrame, name: str | None = None) -> Path:
+    """Write one row per slice with ``PREDICTION_COLUMNS`` (atomic)."""
+    missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"predictions lack columns {missing}; expected {PREDICTION_COLUMNS}")
+    path = predictions_path(run, name)
+    _write_parquet(path, df[PREDICTION_COLUMNS])
+    return path
+
+
+def read_predictions(run: str | os.PathLike, name: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(exams, slices): exams has exam_id, split, exam_score, exam_label, n_slices; slices has
+    exam_id, index, slice_score, attention, slice_label."""
+    path = predictions_path(_check_run(run), name)
+    if not path.is_file():
+        state = read_status(run).get("state", "unknown")
+        raise FileNotFoundError(f"run {Path(run).name} has no {path.name} (state: {state}); predictions are written "
+                                "when training ends, or by `python -m ich predict`")
+    df = pd.read_parquet(path)
+    exams = (df.groupby("exam_id", sort=False)
+               .agg(split=("split", "first"), exam_score=("exam_score", "first"),
+                    exam_label=("exam_label", "first"), n_slices=("index", "size"))
+               .reset_index())
+    slices = df[["exam_id", "index", "slice_score", "attention", "slice_label"]].reset_index(drop=True)
+    return exams, slices
+
+
+# ------------------------------------------------------------------------------ evaluation
+def evaluation_path(run: str | os.PathLike, name: str | None = None) -> Path:
+    """``metrics.json`` (test split of the training dataset) or ``metrics-<name>.json`` (as ``predictions_path``)."""
+    p = predictions_path(run, name)
+    return p.with_name(EVALUATION_FILE if name is None else f"metrics-{name}.json")
+
+
+def write_evaluation(run: str | os.PathLike, metrics: dict, name: str | None = None) -> Path:
+    """Write an evaluation dict as strict JSON (NaN/inf -> null), atomically."""
+    path = evaluation_path(_check_run(run), name)
+    _atomic_write_bytes(path, json.dumps(_clean(metrics), indent=2, default=_json_default).encode())
+    return path
+
+
+def read_evaluation(run: str | os.PathLike, name: str | None = None) -> dict:
+    path = evaluation_path(_check_run(run), name)
+    if not path.is_file():
+        raise FileNotFoundError(f"run {Path(run).name} has no {path.name}; write it with `python -m ich evaluate "
+                                f"{run}`")
+    return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------ cancel, listing
+def request_cancel(run: str | os.PathLike) -> None:
+    """Ask a running fit to stop after its current epoch (it then marks itself cancelled)."""
+    run = _check_run(run)
+    _atomic_write_bytes(run / CANCEL_FILE, _now().encode())
+
+
+def cancel_requested(run: str | os.PathLike) -> bool:
+    return (Path(run) / CANCEL_FILE).exists()
+
+
+def clear_cancel(run: str | os.PathLike) -> None:
+    try:
+        (Path(run) / CANCEL_FILE).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def list_runs(root: str | os.PathLike) -> pd.DataFrame:
+    """One row per run folder under ``root`` (newest first): name, path, state, progress, key config
+    fields and summary numbers. An empty frame (with the columns) when there is none."""
+    cols = ["run", "path", "state", "epoch", "progress", "supervision", "budget", "seed", "encoder", "pooling",
+            "init", "finetune", "preset", "dataset", "best_epoch", "val_exam_auc", "test_exam_auc", "error",
+            "created", "updated"]
+    rows = []
+    root = Path(root)
+    for p in sorted(root.iterdir()) if root.is_dir() else []:
+        if not is_run(p):
+            continue
+        try:
+            cfg = read_config(p)
+        except (ValueError, OSError) as err:
+            rows.append({"run": p.name, "path": str(p), "state": "unknown", "error": f"bad config: {err}"})
+            continue
+        st = read_status(p)
+        summary = st.get("summary") or {}
+        rows.append({
+            "run": p.name, "path": str(p), "state": st.get("state"), "epoch": st.get("epoch"),
+            "progress": st.get("progress"), "supervision": cfg.train.supervision, "budget": cfg.train.budget,
+            "seed": cfg.seed, "encoder": cfg.model.encoder, "pooling": cfg.model.pooling, "init": cfg.model.init,
+            "finetune": cfg.model.finetune, "preset": cfg.preset, "dataset": cfg.data.dataset,
+            "best_epoch": summary.get("best_epoch"), "val_exam_auc": summary.get("val_exam_auc"),
+            "test_exam_auc": summary.get("test_exam_auc"), "error": st.get("error"),
+            "created": st.get("created"), "updated": st.get("updated"),
+        })
+    df = pd.DataFrame(rows, columns=cols)
+    return df.sort_values("run", ascending=False, ignore_index=True) if len(df) else df
+
+
+# ------------------------------------------------------------------------------ helpers
+def _write_parquet(path: Path, df: pd.DataFrame) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _is_na(v) -> bool:
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _clean(o):
+    """Replace NaN/inf by None recursively (strict JSON)."""
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return _finite_or_none(o)
+
+
+def _finite_or_none(v):
+    if isinstance(v, (float, np.floating)) and not np.isfinite(v):
+        return None
+    return v
+
+
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return None if not np.isfinite(o) else float(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,493 @@
+"""Training: ``fit(cfg, run_dir)`` trains a weak, strong or mixed learner on its label budget and records the run.
+
+The loop (nanoGPT-sized on purpose): buy the labels (``data.select_labels``), build the model
+(``models.build_model``), then per epoch train, validate (exam and slice AUC on the validation
+split), append metrics, save a resumable checkpoint and report progress. The best epoch by
+validation exam AUC (validation loss when the split has one class) is kept; training stops
+after ``patience`` validations without improvement or at ``epochs``. At the end the best
+model scores the test split into ``predictions.parquet``.
+
+Supervision: ``weak`` = focal loss on the exam logit (attention MIL; exam labels only);
+``strong`` = focal loss on slice logits of single slices (exam score = max slice
+probability); ``mixed`` = exam loss on every bought exam + ``slice_loss_weight`` x slice loss
+on the slices of exams whose slice labels were bought.
+
+Fast path (``finetune="none"``): the frozen encoder embeds every slice once
+(``embed.embed_dataset``, cached next to the encoder file) and only the pooling + head train
+on (S, D) bags. Same run-folder contract; the checkpoint stores the head and a reference to
+the encoder file.
+
+Determinism: global RNGs are seeded here, once per run and again at every epoch from
+(seed, epoch); data order and bags come from ``(seed, epoch, item)``. A run resumed from its
+checkpoint therefore ends exactly like an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ich import distributed, runs
+from ich.config import REFERENCE_ALPHA, RunConfig
+from ich.data import (BagDataset, EmbeddingBagDataset, EmbeddingSliceDataset, SliceDataset, VolumeCache,
+                      collate_bags, collate_slices, epoch_order, exam_slice_labels, make_augment, select_labels)
+from ich.models import MILModel, build_model, check_encoder_matches, state_checksum
+from ich.predict import autocast, resolve_device, resolve_precision, score_bags, summarize
+
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())
+
+STATUS_EVERY_S = 2.0
+
+
+class Cancelled(Exception):
+    """Raised inside ``fit`` when a cancel was requested (handled: the run is marked cancelled)."""
+
+
+# ------------------------------------------------------------------------------ losses
+def focal_loss(logits: torch.Tensor, targets: torch.Tensor, *, alpha: float = 0.6, gamma_low: float = 5.0,
+               gamma_high: float = 3.0, threshold: float = 0.2) -> torch.Tensor:
+    """The reference's adaptive focal loss, computed from logits (stable for saturated outputs).
+
+    L = mean(-alpha * (1 - p_t)^gamma * log p_t), with gamma = ``gamma_low`` (5) where p_t < ``threshold``
+    (0.2) else ``gamma_high`` (3); p_t is the probability given to the true class.
+
+    Args:
+        logits: (N,) float.
+        targets: (N,) 0/1 float.
+    """
+    logits, targets = logits.float(), targets.float()
+    log_pt = -F.binary_cross_entropy_with_logits(logits, targets, reduction="none")     # (N,)
+    one_minus_pt = torch.sigmoid(-(2 * targets - 1) * logits)                            # (N,) = 1 - p_t
+    gamma = torch.where(log_pt.detach().exp() < threshold, gamma_low, gamma_high)
+    return (-alpha * one_minus_pt.pow(gamma) * log_pt).mean()
+
+
+def make_loss(cfg: RunConfig, term: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss for the ``exam`` or ``slice`` term: focal (alpha from config or the reference) or BCE."""
+    if cfg.train.loss == "bce":
+        return lambda z, y: F.binary_cross_entropy_with_logits(z.float(), y.float())
+    alpha = cfg.train.focal_alpha if cfg.train.focal_alpha is not None else REFERENCE_ALPHA[term]
+    return lambda z, y: focal_loss(z, y, alpha=alpha)
+
+
+# ------------------------------------------------------------------------------ optimiser
+def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+    t = cfg.train
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameter (is everything frozen?)")
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer):
+    t = cfg.train
+    if t.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=t.step_size, gamma=t.step_gamma)
+    if t.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs, eta_min=t.lr * 0.01)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+# ------------------------------------------------------------------------------ fit
+def fit(cfg: RunConfig | None, run_dir: str | os.PathLike, on_progress: Callable[[dict], None] | None = None,
+        resume: bool = False) -> dict:
+    """Train one run into ``run_dir`` and return its summary.
+
+    Args:
+        cfg: the run config (None with ``resume=True`` reads it from the run folder).
+        run_dir: the run folder; it must be new or empty unless ``resume``.
+        on_progress: called with dicts ``{"phase": "embed" | "train" | "val" | "done", "epoch",
+            "epochs", "progress" (0-1), ...}``; an exception it raises stops the run (marked failed).
+        resume: continue a killed/failed/cancelled run from its checkpoint (same final result as an
+            uninterrupted run); a finished run returns its summary.
+
+    Returns:
+        {"state", "best_epoch", "epochs_run", "val_exam_auc", "val_slice_auc", "test_exam_auc",
+         "test_slice_auc", "n_labels", "seconds", ...}
+
+    Raises:
+        ValueError / FileNotFoundError / FileExistsError: bad config, dataset or folder.
+    """
+    run_dir, on_progress = distributed.setup(run_dir, on_progress, resume)  # torchrun: rank 0 writes run_dir
+    if resume:
+        if not runs.is_run(run_dir):
+            raise FileNotFoundError(f"cannot resume {run_dir}: it is not a run folder (no config); drop --resume "
+                                    "to start a new run there")
+        saved = runs.read_config(run_dir)
+        if cfg is not None and cfg != saved:
+            raise ValueError(f"cannot resume {run_dir} with a different config; resume it with its own "
+                             "config.json (omit the training options) or start a new run")
+        cfg = saved
+        status = runs.read_status(run_dir)
+        if status.get("state") == "done" and status.get("summary"):
+            return status["summary"]
+    else:
+        if cfg is None:
+            raise ValueError("fit needs a RunConfig (or resume=True for an existing run)")
+        runs.create_run(run_dir, cfg)
+    runs.clear_cancel(run_dir)
+    trainer = _Trainer(cfg, run_dir, on_progress)
+    try:
+        return trainer.run(resume=resume and runs.has_checkpoint(run_dir))
+    except Cancelled:
+        runs.write_status(run_dir, "cancelled", finished=runs._now(), error="cancelled by the user")
+        return {"state": "cancelled", "epochs_run": trainer.epoch}
+    except BaseException as err:
+        state = "cancelled" if isinstance(err, KeyboardInterrupt) else "failed"
+        runs.write_status(run_dir, state, finished=runs._now(), error=f"{type(err).__name__}: {err}")
+        raise
+
+
+class _Trainer:
+    """State of one fit (kept out of ``fit`` so the loop reads top to bottom)."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, on_progress):
+        self.cfg, self.run_dir, self.on_progress = cfg, run_dir, on_progress
+        self.epoch = 0
+        self._last_status = 0.0
+
+    # -------------------------------------------------------------- setup
+    def setup(self) -> None:
+        from ich.store import open_dataset
+
+        cfg, t = self.cfg, self.cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.device = resolve_device(t.device)
+        self.precision = resolve_precision(t.precision, self.device)
+        torch.manual_seed(cfg.seed)
+        self.dataset = ds = open_dataset(cfg.data.dataset)
+        self.input_size = int(cfg.data.input_size or ds.size)
+        self.subset = select_labels(ds.exams, ds.slices, supervision=t.supervision, budget=t.budget, seed=cfg.seed,
+                                    sampling=t.sampling, slice_fraction=t.slice_fraction)
+        runs.write_labels(self.run_dir, self.subset.to_frame())
+        self.model: MILModel = build_model(cfg).to(self.device)
+        self.forward = distributed.wrap(self.model, self.device)   # DDP under torchrun; model calls by name
+        self.fast = cfg.model.finetune == "none"
+        self.channels_last = self.device.type == "cpu" and self.precision == "bf16" and not self.fast
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+            self.model.channels_last = True
+        self.encoder_ref = None
+        if self.fast:
+            self._setup_embeddings()
+        self._setup_data()
+        self.opt = make_optimizer(cfg, self.model.parameters())
+        self.sched = make_scheduler(cfg, self.opt)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.exam_loss, self.slice_loss = make_loss(cfg, "exam"), make_loss(cfg, "slice")
+
+    def _setup_embeddings(self) -> None:
+        from ich.embed import default_cache_dir, embed_dataset
+
+        cfg = self.cfg
+        meta = {"windows": list(cfg.data.windows), "input_size": self.input_size}
+        if cfg.model.init_kind == "encoder":
+            from ich.models import read_encoder_meta
+
+            fmeta = read_encoder_meta(cfg.model.init_path)
+            check_encoder_matches(fmeta, cfg.model, cfg.in_channels, cfg.data.windows, self.input_size)
+        cache_dir = default_cache_dir(cfg.model.init_path)
+        precision = "bf16" if self.precision == "bf16" else "fp32"
+        self.embeddings, self.rows = embed_dataset(
+            self.dataset, self.model.encoder, meta, cache_dir, device=self.device, precision=precision,
+            on_progress=lambda e: self._report({**e, "progress": 0.0}))
+        self.encoder_ref = {"path": str(Path(cfg.model.init_path).resolve()),
+                            "checksum": state_checksum(self.model.encoder)}
+
+    def _setup_data(self) -> None:
+        cfg, t, ds, sub = self.cfg, self.cfg.train, self.dataset, self.subset
+        exams = ds.exams.set_index("exam_id", drop=False)
+        self.augment = make_augment() if t.augment and not self.fast else None
+        volumes = None if self.fast else VolumeCache(ds, self.input_size)
+        if t.supervision == "strong":
+            labels = (ds.slices.set_index(["exam_id", "index"])["label"]
+                      .loc[list(zip(sub.slices["exam_id"], sub.slices["index"]))].astype(float).to_numpy())
+            if self.fast:
+                row_ids = np.array([self.rows[e][0] + int(i) for e, i in zip(sub.slices["exam_id"], sub.slices["index"])],
+                                   dtype=np.int64)
+                self.train_set = EmbeddingSliceDataset(self.embeddings, row_ids, labels)
+            else:
+                self.train_set = SliceDataset(ds, sub.slices, labels, input_size=self.input_size,
+                                              windows=cfg.data.windows, augment=self.augment)
+            self.collate, self.batch_size = collate_slices, t.slices_per_step
+        else:
+            ids = sub.slice_exam_ids + sub.exam_ids
+            train_exams = exams.loc[ids, ["exam_id", "label"]].reset_index(drop=True)
+            visible = exam_slice_labels(ds.slices, sub.slice_exam_ids)   # weak: none; mixed: slice-part exams
+            if self.fast:
+                self.train_set = EmbeddingBagDataset(self.embeddings, self.rows, train_exams, slice_labels=visible,
+                                                     bag_min_slices=t.bag_min_slices, seed=cfg.seed)
+            else:
+                self.train_set = BagDataset(volumes, train_exams, windows=cfg.data.windows, slice_labels=visible,
+                                            bag_min_slices=t.bag_min_slices, augment=self.augment, seed=cfg.seed)
+            self.collate, self.batch_size = collate_bags, t.exams_per_step
+        self.eval_sets = {}
+        for split in ("val", "test"):
+            e = ds.exams[(ds.exams["split"] == split)][["exam_id", "label"]].reset_index(drop=True)
+            if e.empty:
+                self.eval_sets[split] = None
+                continue
+            truth = exam_slice_labels(ds.slices, e["exam_id"])
+            if self.fast:
+                eval_ds = EmbeddingBagDataset(self.embeddings, self.rows, e, slice_labels=truth)
+                bs = 64
+            else:
+                eval_ds = BagDataset(volumes, e, windows=cfg.data.windows, slice_labels=truth)
+                bs = 1
+            self.eval_sets[split] = torch.utils.data.DataLoader(eval_ds, batch_size=bs, shuffle=False,
+                                                                collate_fn=collate_bags)
+        val_labels = ds.exams.loc[ds.exams["split"] == "val", "label"].dropna()
+        self.criterion = "val_exam_auc" if val_labels.nunique() == 2 else "val_loss"
+        if self.eval_sets["val"] is None:
+            raise ValueError(f"dataset {ds.name} has no validation exams; early stopping and checkpoint selection "
+                             "need a val split")
+
+    # -------------------------------------------------------------- loop
+    def run(self, resume: bool) -> dict:
+        t0 = time.perf_counter()
+        cfg, t = self.cfg, self.cfg.train
+        runs.write_status(self.run_dir, "running", started=runs._now(), pid=os.getpid(), error=None,
+                          epochs=t.epochs, message="preparing data")
+        self.setup()
+        best = {"epoch": 0, "score": -math.inf, "state": None, "val_exam_auc": float("nan"),
+                "val_slice_auc": float("nan")}
+        bad, start, elapsed = 0, 1, 0.0
+        if resume:
+            ckpt = runs.load_checkpoint(self.run_dir)
+            last = ckpt.get("last")
+            if last is None:
+                raise ValueError(f"run {self.run_dir.name} has a final checkpoint without resume state; it is "
+                                 "finished already")
+            self.model.load_state_dict(last["model"], strict=not self.fast)
+            self.opt.load_state_dict(last["optimizer"])
+            self.sched.load_state_dict(last["scheduler"])
+            best = dict(ckpt["best"], state=ckpt["model"])
+            bad, start, elapsed = last["bad"], ckpt["epoch"] + 1, last.get("seconds", 0.0)
+            runs.truncate_metrics(self.run_dir, ckpt["epoch"])
+            log.info("resuming %s after epoch %d", self.run_dir.name, ckpt["epoch"])
+        stop = start > t.epochs or (t.patience is not None and bad >= t.patience)
+        for epoch in range(start, t.epochs + 1):
+            if stop:
+                break
+            self.epoch = epoch
+            e0 = time.perf_counter()
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+            train_loss = self.train_epoch(epoch)
+            self.sched.step()
+            row = {"epoch": epoch, "train_loss": train_loss, "lr": self.opt.param_groups[0]["lr"]}
+            validate = epoch % t.val_every == 0 or epoch == t.epochs
+            if validate:
+                pred = score_bags(self.model, self.eval_sets["val"], supervision=t.supervision, device=self.device,
+                                  precision=self.precision, split="val")
+                s = summarize(pred)
+                row.update(val_exam_auc=s["exam_auc"], val_slice_auc=s["slice_auc"], val_loss=self._val_loss(pred))
+                score = row["val_exam_auc"] if self.criterion == "val_exam_auc" else -row["val_loss"]
+                if best["state"] is None or (not math.isnan(score) and score > best["score"] + 1e-9):
+                    best = {"epoch": epoch, "score": score, "val_exam_auc": s["exam_auc"],
+                            "val_slice_auc": s["slice_auc"], "state": self._trainable_state()}
+                    bad = 0
+                else:
+                    bad += 1
+            row["seconds"] = round(time.perf_counter() - e0, 3)
+            elapsed += row["seconds"]
+            runs.append_metrics(self.run_dir, row)
+            stop = t.patience is not None and bad >= t.patience
+            self._save(epoch, best, bad, elapsed, final=False)
+            progress = 1.0 if stop else epoch / t.epochs
+            runs.write_status(self.run_dir, "running", epoch=epoch, progress=round(progress, 4),
+                              message=f"epoch {epoch}/{t.epochs}",
+                              best={"epoch": best["epoch"], "val_exam_auc": best["val_exam_auc"]})
+            self._report({"phase": "val", "epoch": epoch, "epochs": t.epochs, "progress": progress,
+                          "metrics": row, "best_epoch": best["epoch"]}, force=True)
+            if runs.cancel_requested(self.run_dir):
+                raise Cancelled()
+        distributed.check_in_sync(self.model)
+        return self.finish(best, elapsed, t0)
+
+    def finish(self, best: dict, elapsed: float, t0: float) -> dict:
+        cfg, t = self.cfg, self.cfg.train
+        self._report({"phase": "predict", "epoch": self.epoch, "epochs": t.epochs, "progress": 1.0}, force=True)
+        self.model.load_state_dict(best["state"], strict=not self.fast)
+        summary = {"state": "done", "best_epoch": best["epoch"], "epochs_run": self.epoch or best["epoch"],
+                   "criterion": self.criterion, "val_exam_auc": best["val_exam_auc"],
+                   "val_slice_auc": best["val_slice_auc"], "n_labels": self.subset.n_labels,
+                   "supervision": t.supervision, "budget": t.budget, "seed": cfg.seed,
+                   "device": str(self.device), "precision": self.precision}
+        if self.eval_sets["test"] is not None:
+            pred = score_bags(self.model, self.eval_sets["test"], supervision=t.supervision, device=self.device,
+                              precision=self.precision, split="test")
+            runs.write_predictions(self.run_dir, pred)
+            s = summarize(pred)
+            summary.update(test_exam_auc=s["exam_auc"], test_slice_auc=s["slice_auc"], test_exams=s["n_exams"])
+        else:
+            summary.update(test_exam_auc=float("nan"), test_slice_auc=float("nan"), test_exams=0)
+        summary["train_seconds"] = round(elapsed, 3)
+        summary["seconds"] = round(time.perf_counter() - t0, 3)
+        self._save(self.epoch or best["epoch"], best, 0, elapsed, final=True)
+        status = runs.write_status(self.run_dir, "done", progress=1.0, finished=runs._now(), summary=summary,
+                                   message="done")
+        self._report({"phase": "done", "epoch": self.epoch, "epochs": t.epochs, "progress": 1.0, "summary": summary},
+                     force=True)
+        return status["summary"]
+
+    # -------------------------------------------------------------- one epoch
+    def train_epoch(self, epoch: int) -> float:
+        t = self.cfg.train
+        self.model.train()
+        if self.fast:
+            self.model.encoder.eval()   # frozen and unused; keeps BN statistics fixed
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        order = distributed.shard(epoch_order(len(self.train_set), seed=self.cfg.seed, epoch=epoch,
+                                              epoch_size=t.epoch_size))
+        steps = max(1, math.ceil(len(order) / self.batch_size))
+        total, count = 0.0, 0
+        for step in range(steps):
+            items = [self.train_set[int(i)] for i in order[step * self.batch_size:(step + 1) * self.batch_size]]
+            if not items:
+                break
+            batch = self.collate(items)
+            loss = self.loss(batch)
+            self.opt.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.opt)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.opt.step()
+            total += float(loss.detach()) * len(items)
+            count += len(items)
+            self._report({"phase": "train", "epoch": epoch, "epochs": t.epochs, "step": step + 1, "steps": steps,
+                          "loss": total / count, "progress": (epoch - 1 + (step + 1) / steps) / t.epochs})
+        return total / max(count, 1)
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        sup, dev = self.cfg.train.supervision, self.device
+        y = batch["label"].to(dev)
+        with autocast(dev, self.precision):
+            if sup == "strong":
+                logits = (self.forward("score_embeddings", batch["h"].to(dev)) if self.fast
+                          else self.forward("slice_logits", batch["x"].to(dev)))        # (N,)
+                return self.slice_loss(logits, y)
+            mask = batch["mask"].to(dev)
+            out = (self.forward("forward_embeddings", batch["h"].to(dev), mask) if self.fast
+                   else self.forward("forward", batch["x"].to(dev), mask))
+            loss = self.exam_loss(out.logit, y)
+            if sup == "mixed":
+                sl = batch["slice_labels"].to(dev)                                      # (B, S), nan = not bought
+                known = mask & ~torch.isnan(sl)
+                if known.any():
+                    loss = loss + self.cfg.train.slice_loss_weight * self.slice_loss(out.slice_logits[known],
+                                                                                      sl[known])
+            return loss
+
+    def _val_loss(self, pred: pd.DataFrame) -> float:
+        """Validation loss of the supervised term (exam BCE for exam learners, slice BCE for strong)."""
+        if self.cfg.train.supervision == "strong":
+            y, p = pred["slice_label"], pred["slice_score"]
+        else:
+            ex = pred.groupby("exam_id", sort=False).first()
+            y, p = ex["exam_label"], ex["exam_score"]
+        keep = y.notna().to_numpy()
+        if not keep.any():
+            return float("nan")
+        yy = y.to_numpy(float, na_value=np.nan)[keep]
+        pp = np.clip(p.to_numpy(float)[keep], 1e-7, 1 - 1e-7)
+        return float(-np.mean(yy * np.log(pp) + (1 - yy) * np.log(1 - pp)))
+
+    # -------------------------------------------------------------- checkpoints, progress
+    def _trainable_state(self) -> dict:
+        """Weights to keep: everything, or (fast path) all but the frozen encoder."""
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
+                if not (self.fast and k.startswith("encoder."))}
+
+    def _save(self, epoch: int, best: dict, bad: int, elapsed: float, final: bool) -> None:
+        payload = {"config": self.cfg.to_dict(), "epoch": epoch, "model": best["state"],
+                   "best": {k: v for k, v in best.items() if k != "state"}, "encoder_ref": self.encoder_ref,
+                   "criterion": self.criterion}
+        if not final:
+            payload["last"] = {"model": self._trainable_state(), "optimizer": self.opt.state_dict(),
+                               "scheduler": self.sched.state_dict(), "bad": bad, "seconds": elapsed}
+        runs.save_checkpoint(self.run_dir, payload)
+
+    def _report(self, event: dict, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_status >= STATUS_EVERY_S and "progress" in event:
+            self._last_status = now
+            runs.write_status(self.run_dir, epoch=event.get("epoch", self.epoch),
+                              progress=round(float(event["progress"]), 4),
+                              message=f"{event['phase']} {event.get('step', event.get('done', ''))}"
+                                      f"/{event.get('steps', event.get('total', ''))}")
+        if self.on_progress is not None:
+            self.on_progress(event)
+
+
+# ------------------------------------------------------------------------------ speed
+def matmul_flops(dtype: torch.dtype = torch.bfloat16, n: int = 1024, seconds: float = 1.0) -> float:
+    """The CPU's dense matrix-multiply rate (FLOP/s) for ``dtype`` at the current thread count."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(3):
+        a @ b
+    k, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        k += 1
+    return 2 * n ** 3 * k / (time.perf_counter() - t0)
+
+
+def encoder_throughput(encoder: str = "compact", *, input_size: int = 128, batch: int = 64, precision: str = "bf16",
+                       channels_last: bool | None = None, seconds: float = 3.0, **kwargs) -> dict:
+    """Training throughput of an encoder on CPU: full steps (forward, backward, AdamW) on random slices.
+
+    Returns:
+        {"slices_per_s", "flop_per_s", "flop_per_slice"}; FLOPs counted by torch's FlopCounterMode
+        (forward + backward of convolutions and matmuls).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ich.models import build_encoder
+
+    torch.manual_seed(0)
+    enc = build_encoder(encoder, **kwargs)
+    cl = precision == "bf16" if channels_last is None else channels_last
+    if cl:
+        enc = enc.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(enc.parameters(), lr=1e-4)
+    c = enc.in_channels
+    x = torch.rand(batch, c, input_size, input_size)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def step():
+        with autocast(torch.device("cpu"), precision):
+            y = enc(x)
+        y.float().pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    step()
+    k, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or k < 2:
+        step()
+        k += 1
+    dt = (time.perf_counter() - t0) / k
+    return {"slices_per_s": batch / dt, "flop_per_s": flops / dt, "flop_per_slice": flops / batch}

@@ -1,0 +1,86 @@
+"""Tests for ich.predict: scoring datasets and single volumes with a finished run; device/precision rules."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from _blobs import write_blob_dataset
+from ich import predict, runs
+from ich.config import make_config
+from ich.train import fit
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    ds = write_blob_dataset(root / "ds", 16, seed=5, size=32, slices=(5, 8), contrast=60.0, radius=0.12)
+    other = write_blob_dataset(root / "other", 6, seed=6, size=48, slices=(5, 8))
+    cfg = make_config(str(root / "ds"), preset="tiny", overrides={"train.epochs": 2, "train.threads": 1,
+                                                                  "data.input_size": 32})
+    fit(cfg, root / "run")
+    return root / "run", ds, other
+
+
+def test_predict_other_dataset_writes_named_file(finished):
+    run, ds, other = finished
+    path = predict.predict_dataset(run, other.path, device="cpu")
+    assert path.name == "predictions-other.parquet"
+    exams, slices = runs.read_predictions(run, name="other")
+    assert sorted(exams.exam_id) == sorted(other.exams.exam_id) and len(slices) == len(other.slices)
+    assert set(exams.split) == set(other.exams.split)
+    with pytest.raises(ValueError, match="split must be one of"):
+        predict.predict_dataset(run, other.path, split="holdout")
+
+
+def test_predict_own_dataset_matches_training_predictions(finished):
+    run, ds, _ = finished
+    before = pd.read_parquet(runs.predictions_path(run))
+    predict.predict_dataset(run, ds.path, device="cpu")
+    after = pd.read_parquet(runs.predictions_path(run))
+    np.testing.assert_allclose(after.exam_score, before.exam_score, rtol=1e-5, atol=1e-6)
+
+
+def test_predict_volume_agrees_with_the_dataset_path(finished):
+    run, ds, _ = finished
+    exams, slices = runs.read_predictions(run)
+    exam_id = exams.exam_id.iloc[0]
+    hu, _ = ds.load(exam_id)
+    score, table = predict.predict_volume(run, hu, device="cpu")
+    assert score == pytest.approx(float(exams.exam_score.iloc[0]), abs=1e-5)
+    assert list(table.columns) == ["index", "slice_score", "attention"] and len(table) == len(hu)
+    with pytest.raises(ValueError, match=r"\(S, H, W\) HU volume"):
+        predict.predict_volume(run, hu[0])
+
+
+def test_device_and_precision_rules():
+    assert predict.resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="device must be one of"):
+        predict.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA GPU"):
+            predict.resolve_device("cuda")
+    cpu = torch.device("cpu")
+    assert predict.resolve_precision("auto", cpu) in ("bf16", "fp32")
+    with pytest.raises(ValueError, match="fp16' needs a CUDA device"):
+        predict.resolve_precision("fp16", cpu)
+
+
+def test_auc_helper_handles_one_class_and_missing_labels():
+    assert np.isnan(predict.auc([1, 1], [0.2, 0.3]))
+    assert predict.auc([0, 1, np.nan], [0.1, 0.9, 0.5]) == 1.0
+
+
+def test_cli_predict_one_dicom_series(finished, tiny_dicom_phantom, tmp_path, capsys):
+    from ich.cli import main
+    from ich.dicom import read_series
+    run, _, _ = finished
+    series = tiny_dicom_phantom / "exams" / "PH000002"
+    out = tmp_path / "one.csv"
+    assert main(["predict", str(run), "--dicom", str(series), "--out", str(out), "--device", "cpu"]) == 0
+    table = pd.read_csv(out)
+    hu = read_series(series).hu
+    assert len(table) == len(hu) and table.exam_score.nunique() == 1
+    score, _ = predict.predict_volume(run, hu, device="cpu")
+    assert table.exam_score.iloc[0] == pytest.approx(score, abs=1e-6)
+    assert '"exam_score"' in capsys.readouterr().out

@@ -1,0 +1,185 @@
+"""Tests for ich.train: the loss, learning on an easy phantom, resume, cancel, the fast path, errors."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from _blobs import write_blob_dataset
+from ich import runs
+from ich.config import make_config, with_overrides
+from ich.models import build_encoder, save_encoder
+from ich.train import fit, focal_loss
+
+
+@pytest.fixture(scope="module")
+def easy(tmp_path_factory):
+    """32 exams of 8-12 slices at 64 px; positives hold a large, bright disc in a run of slices."""
+    path = tmp_path_factory.mktemp("train") / "easy"
+    write_blob_dataset(path, 32, seed=3, size=64, slices=(8, 12), contrast=60.0, noise=5.0, radius=0.1)
+    return path
+
+
+def tiny(easy, **kw):
+    overrides = kw.pop("overrides", {})
+    return make_config(str(easy), preset="tiny", overrides={"train.threads": 1, **overrides}, **kw)
+
+
+def strip(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if "seconds" not in k}
+
+
+# ------------------------------------------------------------------------------ loss
+def test_focal_loss_matches_the_reference_formula():
+    z = torch.tensor([-3.0, -0.5, 0.0, 0.4, 2.0, 4.0])
+    y = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    p = torch.sigmoid(z)
+    pt = torch.where(y == 1, p, 1 - p)
+    gamma = torch.where(pt < 0.2, 5.0, 3.0)
+    expected = (-0.86 * (1 - pt) ** gamma * torch.log(pt)).mean()
+    torch.testing.assert_close(focal_loss(z, y, alpha=0.86), expected)
+
+
+def test_focal_loss_is_stable_for_saturated_logits():
+    z = torch.tensor([-200.0, 200.0], requires_grad=True)
+    loss = focal_loss(z, torch.tensor([1.0, 0.0]))
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 10 and torch.isfinite(z.grad).all()
+    assert focal_loss(torch.tensor([50.0]), torch.tensor([1.0])) == 0.0
+
+
+# ------------------------------------------------------------------------------ learning
+@pytest.mark.slow
+@pytest.mark.parametrize("supervision", ["weak", "strong"])
+def test_short_cpu_run_learns_an_easy_phantom(easy, tmp_path, supervision):
+    summary = fit(tiny(easy, supervision=supervision, seed=0), tmp_path / "run")
+    assert summary["state"] == "done"
+    assert summary["test_exam_auc"] > 0.9 and summary["val_exam_auc"] > 0.9
+    metrics = runs.read_metrics(tmp_path / "run")
+    assert metrics.epoch.tolist() == [1, 2, 3, 4]
+    assert {"train_loss", "val_exam_auc", "val_slice_auc", "seconds"} <= set(metrics.columns)
+    exams, slices = runs.read_predictions(tmp_path / "run")
+    ds_exams = pd.read_parquet(easy / "exams.parquet")
+    test = ds_exams[ds_exams.split == "test"]
+    assert sorted(exams.exam_id) == sorted(test.exam_id) and len(slices) == test.n_slices.sum()
+    assert exams.exam_score.between(0, 1).all() and slices.slice_score.between(0, 1).all()
+    if supervision == "weak":
+        sums = slices.groupby("exam_id").attention.sum()
+        np.testing.assert_allclose(sums.to_numpy(), 1.0, atol=1e-5)
+    else:   # strong: exam score = max slice probability; no trained attention
+        top = slices.groupby("exam_id").slice_score.max()
+        np.testing.assert_allclose(exams.set_index("exam_id").exam_score[top.index], top, rtol=1e-6)
+        assert slices.attention.isna().all()
+    status = runs.read_status(tmp_path / "run")
+    assert status["state"] == "done" and status["progress"] == 1.0 and "finished" in status
+    assert runs.read_labels(tmp_path / "run").kind.eq("exam" if supervision == "weak" else "slice").all()
+    model = runs.load_model(tmp_path / "run")
+    assert not model.training
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_the_same_result(easy, tmp_path):
+    cfg = tiny(easy, supervision="weak", budget=10, seed=2, overrides={"train.augment": True})
+    full = fit(cfg, tmp_path / "full")
+
+    def kill_after_epoch_2(event):
+        if event["phase"] == "val" and event["epoch"] == 2:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "cut", on_progress=kill_after_epoch_2)
+    assert runs.read_status(tmp_path / "cut")["state"] == "cancelled"
+    assert runs.read_metrics(tmp_path / "cut").epoch.tolist() == [1, 2]
+    resumed = fit(None, tmp_path / "cut", resume=True)
+    assert strip(resumed) == strip(full)
+    a, b = runs.read_metrics(tmp_path / "full"), runs.read_metrics(tmp_path / "cut")
+    cols = ["epoch", "train_loss", "val_exam_auc", "val_slice_auc", "lr"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+    pa, pb = runs.read_predictions(tmp_path / "full")[1], runs.read_predictions(tmp_path / "cut")[1]
+    pd.testing.assert_frame_equal(pa, pb)
+    assert "last" not in runs.load_checkpoint(tmp_path / "cut")
+    assert fit(None, tmp_path / "cut", resume=True) == resumed       # a finished run just reports
+
+
+def test_cancel_marker_stops_between_epochs(easy, tmp_path):
+    run = tmp_path / "run"
+    out = fit(tiny(easy, budget=6), run, on_progress=lambda e: e["phase"] == "val" and runs.request_cancel(run))
+    assert out["state"] == "cancelled" and out["epochs_run"] == 1
+    st = runs.read_status(run)
+    assert st["state"] == "cancelled" and st["error"] == "cancelled by the user"
+    assert runs.load_checkpoint(run)["epoch"] == 1
+
+
+def test_mixed_run_records_both_label_kinds(easy, tmp_path):
+    out = fit(tiny(easy, supervision="mixed", budget=20, overrides={"train.slice_fraction": 0.6,
+                                                                   "train.epochs": 2}), tmp_path / "mixed")
+    labels = runs.read_labels(tmp_path / "mixed")
+    assert set(labels.kind) == {"exam", "slice"} and out["n_labels"] <= 20 and out["state"] == "done"
+
+
+# ------------------------------------------------------------------------------ fast path
+def test_fast_path_trains_the_head_on_cached_embeddings(easy, tmp_path):
+    torch.manual_seed(0)
+    enc = build_encoder("compact", in_channels=1, embed_dim=32, width=16)
+    path = save_encoder(tmp_path / "enc.pt", enc, {"windows": ["brain"], "input_size": 64, "method": "test"})
+    over = {"model.init": str(path), "model.finetune": "none", "train.epochs": 3}
+    weak = fit(tiny(easy, overrides=over), tmp_path / "weak")
+    strong = fit(tiny(easy, supervision="strong", overrides=over), tmp_path / "strong")
+    assert weak["state"] == strong["state"] == "done"
+    entries = list((tmp_path / "enc.pt.embeddings").glob("*/info.json"))
+    assert len(entries) == 1                                # computed once, reused by the second run
+    ckpt = runs.load_checkpoint(tmp_path / "weak")
+    assert ckpt["encoder_ref"]["path"] == str(path.resolve())
+    assert not any(k.startswith("encoder.") for k in ckpt["model"])   # head only: the encoder is the file
+    model = runs.load_model(tmp_path / "weak")
+    exams, slices = runs.read_predictions(tmp_path / "weak")
+    assert math.isfinite(weak["test_exam_auc"]) and len(slices) > 0
+    # the full-image model reproduces the fast-path predictions
+    from ich.predict import predict_volume
+    first = exams.exam_id.iloc[0]
+    from ich.store import open_dataset
+    hu, _ = open_dataset(easy).load(first)
+    score, _ = predict_volume(tmp_path / "weak", hu, device="cpu")
+    assert score == pytest.approx(float(exams.exam_score.iloc[0]), abs=1e-4)
+    assert model.head.weight.shape == (1, 32)
+
+
+def test_fast_path_refuses_a_mismatched_encoder(easy, tmp_path):
+    enc = build_encoder("compact", in_channels=1, embed_dim=32, width=16)
+    path = save_encoder(tmp_path / "enc.pt", enc, {"windows": ["brain"], "input_size": 32})
+    cfg = tiny(easy, overrides={"model.init": str(path), "model.finetune": "none"})
+    with pytest.raises(ValueError, match="input_size: file 32 vs config 64"):
+        fit(cfg, tmp_path / "run")
+    assert runs.read_status(tmp_path / "run")["state"] == "failed"
+
+
+# ------------------------------------------------------------------------------ errors
+def test_bad_budget_and_folders(easy, tmp_path):
+    with pytest.raises(ValueError, match=r"the maximum is 16 exams"):
+        fit(tiny(easy, budget=17), tmp_path / "big")
+    st = runs.read_status(tmp_path / "big")
+    assert st["state"] == "failed" and "the maximum is 16 exams" in st["error"]
+    with pytest.raises(FileExistsError, match="--resume"):
+        fit(tiny(easy, budget=17), tmp_path / "big")
+    with pytest.raises(FileNotFoundError, match="not a run folder"):
+        fit(None, tmp_path / "nothing", resume=True)
+    with pytest.raises(ValueError, match="different config"):
+        fit(with_overrides(tiny(easy, budget=17), {"seed": 9}), tmp_path / "big", resume=True)
+    with pytest.raises(FileNotFoundError, match="is not an ich dataset"):
+        fit(make_config(str(tmp_path / "nods"), preset="tiny"), tmp_path / "r")
+
+
+def test_cli_train_and_predict(easy, tmp_path, capsys):
+    from ich.cli import main
+    rc = main(["train", "--dataset", str(easy), "--preset", "tiny", "--budget", "8", "--epochs", "1",
+               "--out", str(tmp_path / "cli"), "--quiet", "--threads", "1", "--set", "train.lr=0.002"])
+    assert rc == 0 and runs.read_config(tmp_path / "cli").train.lr == 0.002
+    assert main(["predict", str(tmp_path / "cli"), "--dataset", str(easy), "--split", "val"]) == 0
+    assert (tmp_path / "cli" / "predictions-easy-val.parquet").is_file()
+    capsys.readouterr()
+    assert main(["train", "--dataset", str(easy), "--pooling", "maxx", "--out", str(tmp_path / "bad")]) == 2
+    assert "did you mean 'max'" in capsys.readouterr().err
+    assert main(["train", "--dataset", str(easy), "--set", "train.lr", "--out", str(tmp_path / "bad2")]) == 2
+    assert "--set needs KEY=VALUE" in capsys.readouterr().err
