@@ -72,3 +72,31 @@ def test_launching_a_run_creates_a_job(app_data):
     assert len(rows) == 1 and rows[0].kind == "train"
     assert rows[0].argv[:2] == ["train", "--dataset"] and "--budget" in rows[0].argv
     jobs.cancel(app_data / "jobs.sqlite", rows[0].id)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_dataset):
+    """A tiny weak run, trained to completion on the tiny phantom (a few seconds)."""
+    from ich.config import make_config
+    from ich.train import fit
+
+    root = tmp_path_factory.mktemp("app_runs")
+    ds = root / "datasets" / "tiny"
+    shutil.copytree(tiny_dataset, ds)
+    cfg = make_config(str(ds), preset="tiny", supervision="weak", seed=0,
+                      overrides={"train.epochs": 2, "train.threads": 1})
+    fit(cfg, root / "runs" / "weak-tiny")
+    return root
+
+
+def test_inspect_page_shows_strip_heatmap_and_truth(finished_run, monkeypatch):
+    monkeypatch.setenv("ICH_DATA", str(finished_run))
+    monkeypatch.chdir(REPO)
+    at = run_page(REPO / "pages" / "5_Inspect.py")
+    assert not at.exception, at.exception
+    assert at.selectbox(key="inspect_run").value.endswith("weak-tiny")
+    assert len(at.metric) >= 2 and at.metric[0].label == "Exam score"
+    at.selectbox(key="inspect_method").set_value("saliency").run()
+    assert not at.exception
+    at.selectbox(key="inspect_method").set_value("ig").run()
+    assert not at.exception
