@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,14 @@ from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = sorted((REPO / "pages").glob("*.py"))
+
+
+@pytest.fixture(autouse=True)
+def keep_main_module():
+    """AppTest runs page scripts as ``__main__``; restore it, or later spawn-based process pools re-run a page."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
 
 
 @pytest.fixture

@@ -1,0 +1,66 @@
+"""A study's results for display: ROC curves of its largest budgets and weak-vs-strong DeLong tests.
+
+Both read the run folders of a study's cell table (``study.summarise_study``) and return plain
+dicts and DataFrames, so the app's Results page and the HTML report show the same numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ich import runs
+from ich.evaluate import compare_runs, exam_summary
+
+
+def largest_budget_runs(cells: pd.DataFrame) -> dict[str, str]:
+    """arm -> run folder of its largest finished budget (lowest seed)."""
+    out = {}
+    done = cells[cells["state"] == "done"]
+    for arm, grp in done.groupby("arm", sort=False):
+        out[arm] = str(grp.sort_values(["budget", "seed"], ascending=[False, True]).iloc[0]["run"])
+    return out
+
+
+def roc_curves(cells: pd.DataFrame) -> list[dict]:
+    """ROC points (test split) of each arm's largest finished budget: ``[{name, fpr, tpr, auc}]``."""
+    curves = []
+    done = cells[cells["state"] == "done"]
+    for arm, run in largest_budget_runs(cells).items():
+        exams, _ = runs.read_predictions(run)
+        labelled = exams[exams["exam_label"].notna()]
+        s = exam_summary(labelled["exam_label"].to_numpy(float), labelled["exam_score"].to_numpy(float))
+        budget = int(done[done["run"] == run]["budget"].iloc[0])
+        curves.append({"name": f"{arm}, budget {budget}", "fpr": s["roc"]["fpr"], "tpr": s["roc"]["tpr"],
+                       "auc": s["auc"]})
+    return curves
+
+
+def weak_vs_strong(cells: pd.DataFrame, *, alternative: str = "two-sided") -> pd.DataFrame:
+    """Paired DeLong test of the weak against the strong learner at each budget and seed both finished.
+
+    Both runs score the same test exams, so the test is paired (``metrics.delong_test``).
+    ``alternative="greater"`` tests H1: AUC_weak > AUC_strong, as the reference's script did.
+
+    Returns:
+        One row per (budget, seed): ``budget, seed, auc_weak, auc_strong, diff, diff_ci_low,
+        diff_ci_high, p_value``; empty when no budget has both.
+    """
+    cols = ["budget", "seed", "auc_weak", "auc_strong", "diff", "diff_ci_low", "diff_ci_high", "p_value"]
+    done = cells[(cells["state"] == "done") & cells["supervision"].isin(["weak", "strong"])]
+    rows = []
+    for (budget, seed), grp in done.groupby(["budget", "seed"], sort=True):
+        by = dict(zip(grp["supervision"], grp["run"]))
+        if {"weak", "strong"} <= set(by):
+            r = compare_runs(by["weak"], by["strong"], alternative=alternative)
+            rows.append({"budget": int(budget), "seed": int(seed), "auc_weak": r["auc_a"], "auc_strong": r["auc_b"],
+                         "diff": r["diff"], "diff_ci_low": r["diff_ci_low"], "diff_ci_high": r["diff_ci_high"],
+                         "p_value": r["p_value"]})
+    df = pd.DataFrame(rows, columns=cols)
+    return df.astype({"budget": "int64", "seed": "int64"}) if len(df) else df
+
+
+def fraction_significant(table: pd.DataFrame, level: float = 0.05) -> float:
+    """Share of the weak-vs-strong comparisons with p < level (NaN when there is none)."""
+    p = pd.to_numeric(table.get("p_value", pd.Series(dtype=float)), errors="coerce").dropna()
+    return float((p < level).mean()) if len(p) else float(np.nan)

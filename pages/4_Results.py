@@ -1,0 +1,102 @@
+"""Results: learning curves vs labels and annotator-hours, fits, ROC, weak-vs-strong DeLong and the planner."""
+
+import pandas as pd
+import streamlit as st
+
+from ich import paths
+from ich.curves import PowerLawFit, fit_study_curves, label_ratio
+from ich.figures import learning_curve_figure, roc_figure
+from ich.planner import CostModel, cheapest_plan
+from ich.report import build_report
+from ich.results import fraction_significant, roc_curves, weak_vs_strong
+from ich.study import is_study, read_progress, summarise_study
+
+st.set_page_config(page_title="Results · ICH lab", layout="wide")
+st.title("Results")
+
+studies = sorted((p for p in paths.studies_dir().glob("*") if is_study(p)), key=lambda p: p.name, reverse=True)
+if not studies:
+    st.info("No study yet. Run the quick study from the home page, or a study grid from the **Train** page.")
+    st.stop()
+names = [str(p) for p in studies]
+current = st.session_state.get("results_study")
+study = st.selectbox("Study", names, index=names.index(current) if current in names else 0,
+                     format_func=lambda p: p.rsplit("/", 1)[-1], key="results_pick")
+st.session_state["results_study"] = study
+
+
+@st.fragment(run_every=3)
+def live_progress():
+    p = read_progress(study)
+    total = p.get("total") or 0
+    if total and p.get("done", 0) < total:
+        st.progress(p.get("done", 0) / total, text=f"{p.get('done', 0)}/{total} cells finished · refreshing")
+
+
+live_progress()
+cells, aggregate = summarise_study(study)
+if aggregate.empty:
+    st.info("No cell has finished yet; the first points appear here within about a minute.")
+    if st.button("Refresh"):
+        st.rerun()
+    st.stop()
+
+with st.sidebar:
+    st.subheader("Cost of a label")
+    cost = CostModel(
+        seconds_per_exam_label=st.number_input("Seconds per exam label", 0.0, 3600.0, 60.0, key="results_exam_s"),
+        seconds_per_slice_label=st.number_input("Seconds per slice label", 0.0, 600.0, 5.0, key="results_slice_s"),
+        hourly_rate=st.number_input("Annotator rate per hour (USD)", 0.0, 5000.0, 200.0, key="results_rate"),
+    )
+
+fits = fit_study_curves(cells, n_boot=200)
+good = {arm: fit for arm, fit in fits.items() if isinstance(fit, PowerLawFit)}
+metric = st.radio("Figure", ["exam_auc", "sequence_f1", "slice_auc"], horizontal=True, key="results_metric",
+                  format_func={"exam_auc": "exam AUC", "sequence_f1": "slice-sequence F1",
+                               "slice_auc": "slice AUC"}.get)
+c = st.columns(2)
+c[0].plotly_chart(learning_curve_figure(aggregate, cells=cells, fits=good if metric == "exam_auc" else None,
+                                        metric=metric, x="labels", title="vs number of labels"))
+c[1].plotly_chart(learning_curve_figure(aggregate, cells=cells, fits=good if metric == "exam_auc" else None,
+                                        metric=metric, x="hours", cost=cost, title="vs annotator-hours"))
+for arm, fit in fits.items():
+    if not isinstance(fit, PowerLawFit):
+        st.caption(f"No power-law fit for {arm}: {fit}")
+
+st.subheader("Plan the cheapest labelling")
+target = st.slider("Target exam AUC", 0.50, 0.99, 0.85, 0.01, key="results_target")
+plan = cheapest_plan(aggregate, cost, target)
+if plan is None:
+    st.warning(f"No arm of this study reached an exam AUC of {target:.2f}; lower the target or add larger budgets.")
+else:
+    st.success(f"**{plan.supervision}** supervision with **{plan.budget:.0f} labels** reaches AUC {plan.auc:.3f} "
+               f"(95% CI {plan.auc_ci_low:.3f}–{plan.auc_ci_high:.3f}) for {plan.hours:.1f} annotator-hours "
+               f"≈ {plan.cost:,.0f} {plan.currency}.")
+weak = next((f for a, f in good.items() if a.startswith("weak")), None)
+strong = next((f for a, f in good.items() if a.startswith("strong")), None)
+if weak and strong:
+    r = label_ratio(strong, weak, target)
+    st.markdown(f"At AUC {target:.2f} the fitted curves need **{r['ratio']:.1f}×** as many slice labels as exam "
+                f"labels (95% interval {r['low']:.1f}–{r['high']:.1f}); the reference study reports ≈35× on RSNA.")
+
+c = st.columns(2)
+with c[0]:
+    st.subheader("ROC at the largest budgets")
+    st.plotly_chart(roc_figure(roc_curves(cells)))
+with c[1]:
+    st.subheader("Weak vs strong, paired DeLong")
+    table = weak_vs_strong(cells)
+    if table.empty:
+        st.info("Needs a weak and a strong run at the same budget and seed.")
+    else:
+        st.dataframe(table, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                                            for c in table.columns if c not in ("budget", "seed")})
+        st.caption(f"{fraction_significant(table):.0%} of the comparisons differ at p < 0.05 (two-sided).")
+
+st.subheader("Every cell")
+st.dataframe(cells.drop(columns=["row"]), hide_index=True, height=260)
+d = st.columns(2)
+d[0].download_button("Download summary.csv", pd.concat([cells, aggregate]).to_csv(index=False),
+                     file_name="summary.csv", mime="text/csv")
+d[1].download_button("Download the HTML report", build_report(study, cost=cost, n_boot=200),
+                     file_name="report.html", mime="text/html")
