@@ -1,0 +1,59 @@
+"""The cheapest labelling plan (supervision, budget, slice fraction) that reaches a target AUC in a study.
+
+Example: python -m ich plan data/studies/s1 --target 0.9 [--criterion ci_low]
+[--seconds-per-exam-label 60 --seconds-per-slice-label 5 --hourly-rate 200]
+Observed plans come from the study's cells (mean over seeds, or the lower 95% CI bound with
+--criterion ci_low); fitted plans read labels needed off the power-law learning curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ich.commands.report import add_cost_arguments
+
+    p.add_argument("study", help="study folder (from `python -m ich study`)")
+    p.add_argument("--target", type=float, required=True, help="the AUC to reach, e.g. 0.9")
+    p.add_argument("--criterion", default="mean", help="mean (default) | ci_low (the 95%% CI's lower bound must reach it)")
+    p.add_argument("--metric", default="exam_auc", help="exam_auc (default) | slice_auc | sequence_f1 | pixel_dice")
+    p.add_argument("--json", action="store_true", help="print the plans as JSON")
+    add_cost_arguments(p)
+
+
+def run(args) -> int:
+    from ich.commands.report import cost_from_args
+    from ich.curves import fit_study_curves
+    from ich.planner import cheapest_plan, fitted_plans
+    from ich.study import read_study, summarise_study
+
+    cost = cost_from_args(args)
+    spec, _ = read_study(args.study)
+    cells, aggregate = summarise_study(args.study)
+    if aggregate.empty:
+        raise RuntimeError(f"study {args.study} has no finished cell yet; wait for `python -m ich study` to finish some")
+    observed = cheapest_plan(aggregate, cost, args.target, criterion=args.criterion, metric=args.metric)
+    fits = fit_study_curves(cells, metric=args.metric)
+    fitted = fitted_plans(fits, {a: (s, f) for a, s, f in spec.arms}, cost, args.target)
+    if args.json:
+        print(json.dumps({"target": args.target, "cost_model": cost.to_dict(),
+                          "observed": observed.to_dict() if observed else None,
+                          "fitted": [p.to_dict() for p in fitted]}, indent=2, default=str))
+        return 0 if observed or fitted else 1
+    print(f"target {args.metric} {args.target:g} (criterion {args.criterion}); cost: "
+          f"{cost.seconds_per_exam_label:g} s/exam label, {cost.seconds_per_slice_label:g} s/slice label, "
+          f"{cost.hourly_rate:g} {cost.currency}/h")
+    if observed:
+        print("cheapest observed plan: " + observed.describe())
+    else:
+        best = aggregate.sort_values(args.metric, ascending=False).iloc[0]
+        print(f"no observed plan reaches {args.target:g}; the best is {best['arm']} at {best['budget']} labels "
+              f"({best[args.metric]:.3f})")
+    for p in fitted:
+        print(f"fitted: {p.describe()} [labels {p.budget_low:,.0f}-{p.budget_high:,.0f}]")
+    for arm, fit in fits.items():
+        if isinstance(fit, str):
+            print(f"no fit for {arm}: {fit}")
+    return 0 if observed or fitted else 1

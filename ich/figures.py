@@ -1,0 +1,191 @@
+"""Plotly figure builders shared by the HTML report and the app (pure display: the numbers come from elsewhere).
+
+- ``learning_curve_figure``: a figure (exam AUC by default) against labels, annotator hours or
+  money, one colour per arm: seed points, the mean with its 95% CI band across seeds, and the
+  power-law fit with its band (``ich.curves``); log-scale x.
+- ``roc_figure``: ROC curves with their AUCs in the legend.
+- ``slice_strip_figure``: one exam along its slices: truth, slice probability and attention (a
+  heatmap strip, hover shows raw values).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+#: One colour per arm, in plotting order (weak first, strong second, then mixed arms).
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+X_AXES = {"labels": "labels bought", "hours": "annotator hours", "cost": "annotation cost"}
+METRIC_NAMES = {"exam_auc": "exam AUC", "slice_auc": "slice AUC", "sequence_f1": "sequence F1",
+                "pixel_dice": "pixel Dice (median)"}
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    h = hex_color.lstrip("#")
+    r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def arm_colors(arms: Sequence[str]) -> dict[str, str]:
+    """A stable colour per arm name."""
+    return {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(arms)}
+
+
+def learning_curve_figure(aggregate: pd.DataFrame, *, cells: pd.DataFrame | None = None,
+                          fits: Mapping[str, Any] | None = None, metric: str = "exam_auc", x: str = "labels",
+                          cost=None, title: str | None = None):
+    """Learning curves of a study.
+
+    Args:
+        aggregate: one row per arm and budget (``study.summarise_study``): ``arm, supervision,
+            slice_fraction, budget, <metric>, <metric>_ci_low, <metric>_ci_high, n_seeds``.
+        cells: the per-cell table, to show every seed as a faint point (optional).
+        fits: ``{arm: curves.PowerLawFit}`` to draw (others skipped); only for ``metric`` fitted on.
+        metric: the column to plot.
+        x: ``"labels"`` (budget), ``"hours"`` or ``"cost"`` (need ``cost``, a ``planner.CostModel``).
+        cost: the cost model for hours/cost axes.
+        title: figure title.
+
+    Returns:
+        ``plotly.graph_objects.Figure``.
+    """
+    import plotly.graph_objects as go
+
+    if x not in X_AXES:
+        raise ValueError(f"x must be one of {list(X_AXES)}, not {x!r}")
+    if x != "labels" and cost is None:
+        raise ValueError(f"x={x!r} needs a cost model (planner.CostModel)")
+
+    def to_x(sup, budget, frac):
+        budget = np.asarray(budget, dtype=np.float64)
+        if x == "labels":
+            return budget
+        f = None if frac is None or (isinstance(frac, float) and math.isnan(frac)) else float(frac)
+        fn = cost.hours if x == "hours" else cost.cost
+        return np.array([fn(sup, float(b), f) for b in budget.ravel()]).reshape(budget.shape)
+
+    arms = list(dict.fromkeys(aggregate["arm"])) if len(aggregate) else []
+    if cells is not None and len(cells):
+        arms += [a for a in dict.fromkeys(cells["arm"]) if a not in arms]
+    colors = arm_colors(arms)
+    fig = go.Figure()
+    for arm in arms:
+        color = colors[arm]
+        agg = aggregate[aggregate["arm"] == arm].sort_values("budget")
+        if len(agg):
+            sup, frac = agg["supervision"].iloc[0], agg["slice_fraction"].iloc[0]
+        elif cells is not None:
+            c0 = cells[cells["arm"] == arm].iloc[0]
+            sup, frac = c0["supervision"], c0["slice_fraction"]
+        if cells is not None and len(cells):
+            pts = cells[(cells["arm"] == arm) & cells[metric].notna()]
+            if len(pts):
+                fig.add_trace(go.Scatter(
+                    x=to_x(sup, pts["budget"], frac), y=pts[metric], mode="markers", name=f"{arm} seeds",
+                    legendgroup=arm, showlegend=False, marker=dict(color=_rgba(color, 0.35), size=6),
+                    customdata=np.stack([pts["budget"], pts["seed"]], axis=1),
+                    hovertemplate=f"{arm}<br>budget %{{customdata[0]}}, seed %{{customdata[1]}}<br>"
+                                  f"{METRIC_NAMES.get(metric, metric)} %{{y:.3f}}<extra></extra>"))
+        if len(agg):
+            xs = to_x(sup, agg["budget"], frac)
+            lo, hi = agg[f"{metric}_ci_low"].to_numpy(float), agg[f"{metric}_ci_high"].to_numpy(float)
+            band = np.isfinite(lo) & np.isfinite(hi)
+            if band.any():
+                fig.add_trace(go.Scatter(x=np.r_[xs[band], xs[band][::-1]], y=np.r_[hi[band], lo[band][::-1]],
+                                         fill="toself", fillcolor=_rgba(color, 0.15), line=dict(width=0),
+                                         hoverinfo="skip", legendgroup=arm, showlegend=False, name=f"{arm} 95% CI"))
+            fig.add_trace(go.Scatter(
+                x=xs, y=agg[metric], mode="lines+markers", name=arm, legendgroup=arm,
+                line=dict(color=color, width=2), marker=dict(size=8),
+                customdata=np.stack([agg["budget"], agg["n_seeds"], lo, hi], axis=1),
+                hovertemplate=f"{arm}<br>budget %{{customdata[0]}} (%{{customdata[1]}} seeds)<br>"
+                              f"mean %{{y:.3f}} [%{{customdata[2]:.3f}}, %{{customdata[3]:.3f}}]<extra></extra>"))
+        fit = (fits or {}).get(arm)
+        if fit is not None and hasattr(fit, "predict"):
+            grid = np.geomspace(max(1.0, fit.n_min), fit.n_max * 4, 120)   # no extrapolation below the data
+            gx = to_x(sup, grid, frac)
+            flo, fhi = fit.band(grid)
+            if np.isfinite(flo).all():
+                fig.add_trace(go.Scatter(x=np.r_[gx, gx[::-1]], y=np.r_[fhi, flo[::-1]], fill="toself",
+                                         fillcolor=_rgba(color, 0.08), line=dict(width=0), hoverinfo="skip",
+                                         legendgroup=arm, showlegend=False, name=f"{arm} fit band"))
+            fig.add_trace(go.Scatter(
+                x=gx, y=fit.predict(grid), mode="lines", name=f"{arm} fit", legendgroup=arm,
+                line=dict(color=color, width=1.5, dash="dash"),
+                hovertemplate=(f"{arm} fit: a={fit.a:.3f} b={fit.b:.3f} c={fit.c:.3f}<br>"
+                               "%{y:.3f}<extra></extra>")))
+    xtitle = X_AXES[x] + (f" ({cost.currency})" if x == "cost" else "")
+    ys = [v for t in fig.data if t.y is not None and not (t.name or "").endswith("fit band")
+          for v in np.asarray(t.y, float).ravel() if np.isfinite(v)]
+    if ys and metric in METRIC_NAMES:          # figures in [0, 1]: keep fit bands from stretching the axis
+        fig.update_yaxes(range=[max(0.0, min(ys) - 0.08), min(1.0, max(ys) + 0.08) + 0.01])
+    fig.update_layout(title=title, xaxis_title=xtitle, yaxis_title=METRIC_NAMES.get(metric, metric),
+                      template="plotly_white", hovermode="closest", legend=dict(orientation="h", y=-0.2),
+                      margin=dict(l=60, r=20, t=50 if title else 20, b=60))
+    fig.update_xaxes(type="log")
+    return fig
+
+
+def roc_figure(curves: Sequence[Mapping[str, Any]], *, title: str | None = None):
+    """ROC curves.
+
+    Args:
+        curves: dicts with ``name``, ``fpr``, ``tpr`` (sequences) and optionally ``auc``
+            (e.g. ``metrics.json``'s ``exam.roc`` plus ``exam.auc``).
+    """
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbbbbb", dash="dot"),
+                             showlegend=False, hoverinfo="skip"))
+    for i, c in enumerate(curves):
+        auc = c.get("auc")
+        label = c["name"] + (f" (AUC {auc:.3f})" if auc is not None and np.isfinite(auc) else "")
+        fig.add_trace(go.Scatter(x=list(c["fpr"]), y=list(c["tpr"]), mode="lines", name=label,
+                                 line=dict(color=PALETTE[i % len(PALETTE)], shape="hv")))
+    fig.update_layout(title=title, xaxis_title="1 - specificity", yaxis_title="sensitivity", template="plotly_white",
+                      xaxis=dict(range=[0, 1], constrain="domain"),
+                      yaxis=dict(range=[0, 1.02], scaleanchor="x", constrain="domain"), height=480,
+                      margin=dict(l=60, r=20, t=50 if title else 20, b=50))
+    return fig
+
+
+def slice_strip_figure(slices: pd.DataFrame, exam_id: str | None = None, *, title: str | None = None):
+    """One exam along its slices: truth, slice probability and attention as a three-row strip.
+
+    Args:
+        slices: prediction rows (``runs.read_predictions``' slices: ``exam_id, index, slice_score,
+            attention, slice_label``).
+        exam_id: the exam (default: the only or first exam in ``slices``).
+
+    Rows are scaled to [0, 1] for colour (attention by its maximum in the exam); hover shows the
+    raw values. Missing values (unlabelled slices, attention of a strong run) are blank.
+    """
+    import plotly.graph_objects as go
+
+    if exam_id is None:
+        if slices.empty:
+            raise ValueError("slices is empty: nothing to draw")
+        exam_id = slices["exam_id"].iloc[0]
+    df = slices[slices["exam_id"] == exam_id].sort_values("index")
+    if df.empty:
+        raise ValueError(f"exam {exam_id!r} has no slices in the predictions")
+    idx = df["index"].to_numpy()
+    truth = pd.to_numeric(df["slice_label"], errors="coerce").to_numpy(float)
+    prob = pd.to_numeric(df["slice_score"], errors="coerce").to_numpy(float)
+    att = pd.to_numeric(df["attention"], errors="coerce").to_numpy(float)
+    amax = np.nanmax(att) if np.isfinite(att).any() else np.nan
+    att_scaled = att / amax if np.isfinite(amax) and amax > 0 else att
+    z = np.vstack([truth, prob, att_scaled])                                   # (3, S)
+    raw = np.vstack([truth, prob, att])
+    fig = go.Figure(go.Heatmap(
+        z=z, x=idx, y=["truth", "slice probability", "attention"], customdata=raw, zmin=0, zmax=1,
+        colorscale="Inferno", colorbar=dict(title="scaled", thickness=10),
+        hovertemplate="slice %{x}<br>%{y}: %{customdata:.3f}<extra></extra>", xgap=1, ygap=2))
+    fig.update_layout(title=title or f"exam {exam_id}", xaxis_title="slice", template="plotly_white",
+                      height=220, margin=dict(l=120, r=20, t=40, b=40))
+    fig.update_yaxes(autorange="reversed")
+    return fig

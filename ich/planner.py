@@ -1,0 +1,209 @@
+"""The cost planner: annotator time and money of label budgets, and the cheapest plan that reaches a target AUC.
+
+A plan is an arm of a study (weak, strong or mixed at a slice fraction) at a budget. Its cost
+follows from a ``CostModel``: weak buys ``m`` exam labels, strong ``m`` slice labels, and mixed
+``f * m`` slice labels plus ``(1 - f) * m`` exam labels (``f`` the slice fraction)::
+
+    seconds = n_exam_labels * seconds_per_exam_label + n_slice_labels * seconds_per_slice_label
+    hours = seconds / 3600;  cost = hours * hourly_rate
+
+Defaults (assumptions, change them for your site; README "Cost model"): 60 s per exam label
+(scroll one head CT of ~35 slices and record present/absent), 5 s per slice label (one slice
+judged with its neighbours; ~3 min for a whole exam), 200 per hour (roughly a US
+radiologist's fully loaded hourly cost).
+
+``cheapest_plan`` picks from observed study points (the aggregate table of
+``study.summarise_study``): the cheapest (arm, budget) whose mean AUC, or the lower bound of
+its 95% CI across seeds (``criterion="ci_low"``, the cautious choice), reaches the target.
+``fitted_plans`` reads the same answer off the power-law fits (``ich.curves``), which
+interpolates between budgets and may extrapolate beyond them (flagged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+from ich.config import _check_number, check_choice, did_you_mean
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+CRITERIA = ("mean", "ci_low")
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """What labels cost: annotator seconds per exam label and per slice label, and the hourly rate."""
+
+    seconds_per_exam_label: float = 60.0     # one exam read for present/absent (weak labels)
+    seconds_per_slice_label: float = 5.0     # one slice judged (strong labels)
+    hourly_rate: float = 200.0               # annotator cost per hour, in `currency`
+    currency: str = "USD"
+
+    def __post_init__(self):
+        _check_number("cost.seconds_per_exam_label", self.seconds_per_exam_label, lo=0.0)
+        _check_number("cost.seconds_per_slice_label", self.seconds_per_slice_label, lo=0.0)
+        _check_number("cost.hourly_rate", self.hourly_rate, lo=0.0)
+        if not isinstance(self.currency, str) or not self.currency:
+            raise ValueError(f"cost.currency must be a non-empty string, not {self.currency!r}")
+
+    def label_counts(self, supervision: str, budget: float, slice_fraction: float | None = None) -> tuple[float, float]:
+        """(exam labels, slice labels) a budget buys for a supervision."""
+        check_choice("supervision", supervision, ("weak", "strong", "mixed"))
+        if supervision == "weak":
+            return float(budget), 0.0
+        if supervision == "strong":
+            return 0.0, float(budget)
+        f = 0.5 if slice_fraction is None or (isinstance(slice_fraction, float) and math.isnan(slice_fraction)) \
+            else float(slice_fraction)
+        return (1.0 - f) * float(budget), f * float(budget)
+
+    def hours(self, supervision: str, budget: float, slice_fraction: float | None = None) -> float:
+        """Annotator hours of a budget."""
+        exams, slices = self.label_counts(supervision, budget, slice_fraction)
+        return (exams * self.seconds_per_exam_label + slices * self.seconds_per_slice_label) / 3600.0
+
+    def cost(self, supervision: str, budget: float, slice_fraction: float | None = None) -> float:
+        """Money of a budget (``hours * hourly_rate``)."""
+        return self.hours(supervision, budget, slice_fraction) * self.hourly_rate
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CostModel":
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in d:
+            if key not in names:
+                raise ValueError(f"unknown cost key {key!r}{did_you_mean(key, names)}; valid keys: {names}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "CostModel":
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The answer of the planner: what to label, how many, and what it costs."""
+
+    arm: str
+    supervision: str
+    slice_fraction: float | None
+    budget: float              # labels (a study budget, or a fitted, possibly fractional, one)
+    auc: float                 # mean AUC at that budget (observed) or the fitted AUC
+    auc_ci_low: float
+    auc_ci_high: float
+    hours: float
+    cost: float
+    currency: str
+    source: str                # observed | fit
+    extrapolated: bool = False # fit: the labels needed lie outside the study's budgets
+    budget_low: float = float("nan")   # fit: 95% interval of the labels needed (bootstrap over seeds)
+    budget_high: float = float("nan")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        what = {"weak": "exam labels", "strong": "slice labels"}.get(self.supervision,
+                                                                    f"labels (slice fraction {self.slice_fraction:g})"
+                                                                    if self.slice_fraction is not None else "labels")
+        extra = " (extrapolated beyond the study's budgets)" if self.extrapolated else ""
+        return (f"{self.arm}: {self.budget:,.0f} {what} -> AUC {self.auc:.3f}; {self.hours:,.1f} annotator hours, "
+                f"{self.cost:,.0f} {self.currency}{extra}")
+
+
+def plan_table(aggregate: pd.DataFrame, cost: CostModel) -> pd.DataFrame:
+    """The aggregate table (one row per arm and budget) with ``exam_labels, slice_labels, hours, cost``.
+
+    Args:
+        aggregate: needs ``arm, supervision, slice_fraction, budget``.
+    """
+    need = ["arm", "supervision", "slice_fraction", "budget"]
+    missing = [c for c in need if c not in aggregate.columns]
+    if missing:
+        raise ValueError(f"the aggregate table lacks columns {missing}; pass study.summarise_study(...)[1]")
+    df = aggregate.copy()
+    counts = [cost.label_counts(s, b, _frac(f)) for s, b, f in zip(df["supervision"], df["budget"],
+                                                                    df["slice_fraction"])]
+    df["exam_labels"] = [c[0] for c in counts]
+    df["slice_labels"] = [c[1] for c in counts]
+    df["hours"] = [cost.hours(s, b, _frac(f)) for s, b, f in zip(df["supervision"], df["budget"], df["slice_fraction"])]
+    df["cost"] = df["hours"] * cost.hourly_rate
+    return df
+
+
+def _frac(f):
+    try:
+        return None if f is None or math.isnan(float(f)) else float(f)
+    except (TypeError, ValueError):
+        return None
+
+
+def cheapest_plan(aggregate: pd.DataFrame, cost: CostModel, target_auc: float, *, criterion: str = "mean",
+                  metric: str = "exam_auc") -> Plan | None:
+    """The cheapest observed (arm, budget) whose AUC reaches ``target_auc``; None when none does.
+
+    Args:
+        aggregate: one row per arm and budget with ``arm, supervision, slice_fraction, budget`` and
+            ``<metric>``, ``<metric>_ci_low``, ``<metric>_ci_high`` (``study.summarise_study``).
+        cost: the cost model.
+        target_auc: the AUC to reach, in (0, 1].
+        criterion: ``"mean"`` (mean over seeds >= target) or ``"ci_low"`` (the CI's lower bound >= target).
+        metric: the figure column (default the exam AUC).
+
+    Ties in cost go to the higher AUC.
+    """
+    import pandas as pd
+
+    check_choice("criterion", criterion, CRITERIA)
+    _check_number("target_auc", target_auc, lo=0.0, hi=1.0, lo_open=True)
+    col = metric if criterion == "mean" else f"{metric}_ci_low"
+    if col not in aggregate.columns:
+        raise ValueError(f"the aggregate table has no column {col!r}; pass study.summarise_study(...)[1]")
+    df = plan_table(aggregate, cost)
+    ok = df[pd.to_numeric(df[col], errors="coerce") >= target_auc]
+    if ok.empty:
+        return None
+    best = ok.sort_values(["cost", metric], ascending=[True, False]).iloc[0]
+    return Plan(arm=str(best["arm"]), supervision=str(best["supervision"]), slice_fraction=_frac(best["slice_fraction"]),
+                budget=float(best["budget"]), auc=float(best[metric]),
+                auc_ci_low=float(best.get(f"{metric}_ci_low", math.nan)),
+                auc_ci_high=float(best.get(f"{metric}_ci_high", math.nan)), hours=float(best["hours"]),
+                cost=float(best["cost"]), currency=cost.currency, source="observed")
+
+
+def fitted_plans(fits: Mapping[str, Any], arms: Mapping[str, tuple[str, float | None]], cost: CostModel,
+                 target_auc: float) -> list[Plan]:
+    """Plans read off power-law fits: per arm, the labels needed for ``target_auc`` and their cost (cheapest first).
+
+    Args:
+        fits: ``{arm: curves.PowerLawFit}`` (other values, e.g. failure messages, are skipped).
+        arms: ``{arm: (supervision, slice_fraction)}``.
+        cost: the cost model.
+        target_auc: the AUC to reach.
+
+    Returns:
+        One ``Plan`` per arm whose fit reaches the target, sorted by cost: ``budget`` = labels
+        needed with its interval in ``budget_low``/``budget_high``; ``auc`` = the target.
+    """
+    from ich.curves import PowerLawFit
+
+    out = []
+    for arm, fit in fits.items():
+        if not isinstance(fit, PowerLawFit) or arm not in arms:
+            continue
+        need = fit.labels_needed(target_auc)
+        if not math.isfinite(need["n"]):
+            continue
+        sup, frac = arms[arm]
+        out.append(Plan(arm=arm, supervision=sup, slice_fraction=frac, budget=need["n"], auc=float(target_auc),
+                        auc_ci_low=float("nan"), auc_ci_high=float("nan"), hours=cost.hours(sup, need["n"], frac),
+                        cost=cost.cost(sup, need["n"], frac), currency=cost.currency, source="fit",
+                        extrapolated=need["extrapolated"], budget_low=need["low"], budget_high=need["high"]))
+    return sorted(out, key=lambda p: p.cost)

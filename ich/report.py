@@ -1,0 +1,274 @@
+"""The study report: one self-contained HTML file (plotly.js inlined) with curves, tables, statistics and the spec.
+
+``build_report(study)`` reads a study folder (``ich.study``) and returns the HTML; it opens
+offline in any browser (no CDN, no external files). Sections: the answer in plain words
+(labels needed and the strong/weak label ratio at equal AUC, the cheapest plan per target),
+learning curves against labels, annotator hours and money (``ich.figures``), ROC curves and
+the slice strip of one test exam at the largest budget, the power-law fits (``ich.curves``),
+the plan table (``ich.planner``), every cell, and the study spec with the cost model.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from ich.planner import CostModel, cheapest_plan, fitted_plans, plan_table
+
+REFERENCE_RATIO = 35  # paper-protocol.md §9.1: weak learners on all of RSNA needed ~35x fewer labels
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;
+color:#222;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:0}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:2em}
+.sub{color:#666;margin-top:4px}.key{background:#f4f8fb;border-left:4px solid #1f77b4;padding:10px 16px}
+table{border-collapse:collapse;font-size:0.85em;margin:8px 0}th,td{border:1px solid #ddd;padding:3px 8px;
+text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+pre{background:#f7f7f7;padding:10px;overflow-x:auto;font-size:0.8em}.note{color:#666;font-size:0.9em}
+"""
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return html.escape(str(v))
+    if math.isnan(f):
+        return "–"
+    if math.isinf(f):
+        return "never" if f > 0 else "-inf"
+    if abs(f) >= 100 or (f == int(f) and abs(f) >= 10) or digits == 0:
+        return f"{f:,.0f}"
+    return f"{f:.{digits}f}"
+
+
+#: Columns holding counts (labels, budgets, seeds): printed without decimals.
+COUNT_COLUMNS = {"budget", "n_seeds", "n_labels", "n_points", "n_min", "n_max", "n_replicates", "labels", "low", "high",
+                 "budget_low", "budget_high", "exam_labels", "slice_labels", "cost"}
+
+
+def _table(df: pd.DataFrame, columns: Sequence[str], headers: Sequence[str] | None = None) -> str:
+    if df is None or df.empty:
+        return "<p class='note'>(nothing yet)</p>"
+    headers = headers or columns
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    rows = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c), 0 if c in COUNT_COLUMNS else 3)}</td>" for c in columns)
+                   + "</tr>" for r in df.to_dict("records"))
+    return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+def _ci(m, lo, hi) -> str:
+    return f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def _largest_budget_runs(cells: pd.DataFrame) -> dict[str, str]:
+    """arm -> run folder of its largest finished budget (lowest seed)."""
+    out = {}
+    done = cells[cells["state"] == "done"]
+    for arm, grp in done.groupby("arm", sort=False):
+        best = grp.sort_values(["budget", "seed"], ascending=[False, True]).iloc[0]
+        out[arm] = best["run"]
+    return out
+
+
+def build_report(study: str | os.PathLike, *, cost: CostModel | None = None, targets: Sequence[float] | None = None,
+                 metric: str = "exam_auc", n_boot: int = 300) -> str:
+    """The HTML report of a study folder (finished or not).
+
+    Args:
+        study: the study folder.
+        cost: the cost model (default ``CostModel()``; its parameters are printed in the report).
+        targets: AUC targets for "labels needed", ratios and plans (default: three AUCs every
+            fitted arm reaches inside its budgets, else 0.8/0.9).
+        metric: the figure the curves and fits use (default the exam AUC).
+        n_boot: bootstrap replicates of the fits.
+
+    Raises:
+        FileNotFoundError: ``study`` is not a study folder.
+    """
+    import plotly.io as pio
+
+    from ich import runs
+    from ich.curves import PowerLawFit, common_targets, fit_study_curves, label_ratio
+    from ich.figures import learning_curve_figure, roc_figure, slice_strip_figure
+    from ich.study import read_progress, read_study, summarise_study
+
+    cost = cost or CostModel()
+    spec, record = read_study(study)
+    cells, aggregate = summarise_study(study)
+    progress = read_progress(study)
+    fits = fit_study_curves(cells, metric=metric, n_boot=n_boot) if len(cells) else {}
+    good = {a: f for a, f in fits.items() if isinstance(f, PowerLawFit)}
+    if not targets:           # AUCs every fitted arm reaches inside its budgets, else ones the best arm reached
+        targets = common_targets(good)
+        if not targets and len(aggregate) and aggregate[metric].notna().any():
+            best = aggregate.groupby("arm")[metric].max().max()
+            targets = sorted({round(float(best) - 0.02, 3), round(float(best), 3)})
+    targets = list(targets or [])
+    arms = {a: (s, f) for a, s, f in spec.arms}
+
+    figs: list[str] = []
+
+    def add(fig) -> str:
+        figs.append(pio.to_html(fig, full_html=False, include_plotlyjs=not figs,
+                                config={"displaylogo": False, "responsive": True}))
+        return figs[-1]
+
+    parts = [f"<h1>Label-budget study {html.escape(spec.name or Path(study).name)}</h1>",
+             f"<p class='sub'>dataset <code>{html.escape(spec.dataset)}</code> · "
+             f"{len(cells[cells['state'] == 'done'])}/{len(cells)} cells done · state "
+             f"{html.escape(str(progress.get('state', 'unknown')))} · report written "
+             f"{time.strftime('%Y-%m-%d %H:%M')}</p>"]
+
+    # ---------------------------------------------------------------- the answer
+    key = []
+    weak = next((a for a in good if arms.get(a, ("",))[0] == "weak"), None)
+    strong = next((a for a in good if arms.get(a, ("",))[0] == "strong"), None)
+    for t in targets:
+        line = []
+        for arm, fit in good.items():
+            need = fit.labels_needed(t)
+            unit = "exam labels" if arms[arm][0] == "weak" else "slice labels" if arms[arm][0] == "strong" else "labels"
+            if not math.isfinite(need["n"]):
+                line.append(f"{html.escape(arm)} never reaches it (fitted plateau a = {fit.a:.3f})")
+                continue
+            line.append(f"{html.escape(arm)} needs {_fmt(need['n'], 0)} {unit} [{_fmt(need['low'], 0)}, "
+                        f"{_fmt(need['high'], 0)}]"
+                        + (" (extrapolated)" if need["extrapolated"] else ""))
+        if weak and strong:
+            r = label_ratio(good[strong], good[weak], t)
+            if math.isfinite(r["ratio"]):
+                line.append(f"strong/weak label ratio {_fmt(r['ratio'], 1)} [{_fmt(r['low'], 1)}, "
+                            f"{_fmt(r['high'], 1)}]")
+        plan = cheapest_plan(aggregate, cost, t, metric=metric) if len(aggregate) else None
+        line.append("cheapest observed plan: " + (html.escape(plan.describe()) if plan else "none reaches it"))
+        key.append(f"<li><b>{html.escape(metric)} {t:.3f}</b>: " + "; ".join(line) + "</li>")
+    parts.append("<h2>The answer</h2><div class='key'><ul>" + "".join(key) + "</ul>"
+                 f"<p class='note'>Label ratio = slice labels the strong learner needs / exam labels the weak learner "
+                 f"needs for the same {html.escape(metric)} (power-law fits, 95% bootstrap intervals over seeds). "
+                 f"The reference study reports weak learners trained on all of RSNA needing about "
+                 f"{REFERENCE_RATIO}× fewer labels (the number of slices per exam; paper-protocol.md §9.1).</p></div>")
+
+    # ---------------------------------------------------------------- curves
+    parts.append("<h2>Learning curves</h2><p class='note'>Mean over seeds with its 95% CI (Student t), every seed "
+                 "as a faint point, and the power-law fit a − b·n<sup>−c</sup> (dashed) with its bootstrap band. "
+                 "Log-scale x.</p>")
+    if len(cells[cells["state"] == "done"]):
+        parts.append(add(learning_curve_figure(aggregate, cells=cells, fits=good, metric=metric, x="labels",
+                                               title=f"{metric} vs labels bought")))
+        parts.append(add(learning_curve_figure(aggregate, cells=cells, fits=good, metric=metric, x="hours", cost=cost,
+                                               title=f"{metric} vs annotator hours")))
+        parts.append(add(learning_curve_figure(aggregate, cells=cells, fits=good, metric=metric, x="cost", cost=cost,
+                                               title=f"{metric} vs annotation cost")))
+        for other in ("sequence_f1", "slice_auc", "pixel_dice"):
+            if other != metric and cells[other].notna().any():
+                parts.append(add(learning_curve_figure(aggregate, cells=cells, metric=other, x="labels",
+                                                       title=f"{other} vs labels bought")))
+    else:
+        parts.append("<p class='note'>No finished cell yet.</p>")
+
+    # ---------------------------------------------------------------- ROC and one exam
+    largest = _largest_budget_runs(cells)
+    curves, strips = [], []
+    for arm, run in largest.items():
+        try:
+            m = runs.read_evaluation(run)
+            roc = (m.get("exam") or {}).get("roc")
+            if roc:
+                curves.append({"name": f"{arm} @ {Path(run).name}", "fpr": roc["fpr"], "tpr": roc["tpr"],
+                               "auc": (m.get("exam") or {}).get("auc")})
+            exams, slices = runs.read_predictions(run)
+            pos = exams[pd.to_numeric(exams["exam_label"], errors="coerce") == 1]
+            if len(pos):
+                exam_id = pos.sort_values("exam_id")["exam_id"].iloc[0]
+                strips.append(slice_strip_figure(slices, exam_id, title=f"{arm} @ {Path(run).name}: exam {exam_id}"))
+        except (FileNotFoundError, ValueError, KeyError):
+            continue
+    if curves:
+        parts.append("<h2>ROC at the largest budget</h2>")
+        parts.append(add(roc_figure(curves)))
+    if strips:
+        parts.append("<h2>One positive test exam along its slices</h2><p class='note'>Truth, slice probability "
+                     "and attention (scaled by its maximum; strong learners have none).</p>")
+        parts += [add(f) for f in strips]
+
+    # ---------------------------------------------------------------- statistics
+    parts.append("<h2>Power-law fits</h2>")
+    rows = []
+    for arm, fit in fits.items():
+        if isinstance(fit, PowerLawFit):
+            rows.append({"arm": arm, **fit.to_dict()})
+        else:
+            rows.append({"arm": arm, "method": f"no fit: {fit}"})
+    parts.append(_table(pd.DataFrame(rows), ["arm", "a", "b", "c", "rmse", "n_points", "n_min", "n_max", "method",
+                                             "n_replicates"]) if rows else "<p class='note'>(no fit yet)</p>")
+    if targets and good:
+        rows = []
+        for t in targets:
+            for arm, fit in good.items():
+                need = fit.labels_needed(t)
+                rows.append({"target": t, "arm": arm, "labels": need["n"], "low": need["low"], "high": need["high"],
+                             "extrapolated": "yes" if need["extrapolated"] else "no"})
+        parts.append("<h3>Labels needed</h3>" + _table(pd.DataFrame(rows), ["target", "arm", "labels", "low", "high",
+                                                                             "extrapolated"]))
+        plans = []
+        for t in targets:
+            for p in fitted_plans(good, arms, cost, t):
+                plans.append({"target": t, **p.to_dict()})
+        if plans:
+            parts.append("<h3>Plans read off the fits (cheapest first per target)</h3>" + _table(
+                pd.DataFrame(plans), ["target", "arm", "budget", "budget_low", "budget_high", "hours", "cost"],
+                ["target", "arm", "labels", "low", "high", "hours", f"cost ({cost.currency})"]))
+
+    # ---------------------------------------------------------------- tables
+    parts.append("<h2>Mean over seeds per arm and budget</h2>")
+    if len(aggregate):
+        table = plan_table(aggregate, cost)
+        table["auc"] = [_ci(m, lo, hi) for m, lo, hi in zip(table[metric], table[f"{metric}_ci_low"],
+                                                              table[f"{metric}_ci_high"])]
+        parts.append(_table(table, ["arm", "budget", "n_seeds", "auc", "slice_auc", "sequence_f1", "pixel_dice",
+                                    "hours", "cost", "seconds"],
+                            ["arm", "budget", "seeds", f"{metric} [95% CI]", "slice AUC", "sequence F1",
+                             "pixel Dice", "hours", f"cost ({cost.currency})", "seconds/cell"]))
+    else:
+        parts.append("<p class='note'>(nothing yet)</p>")
+    parts.append("<h2>Every cell</h2>")
+    cells_view = cells.assign(cell=cells["run"].map(lambda r: Path(r).name),
+                              auc=[_ci(m, lo, hi) for m, lo, hi in zip(cells["exam_auc"], cells["exam_auc_ci_low"],
+                                                                        cells["exam_auc_ci_high"])])
+    parts.append(_table(cells_view, ["cell", "state", "n_labels", "auc", "slice_auc", "sequence_f1", "pixel_dice",
+                                     "seconds"],
+                        ["cell", "state", "labels", "exam AUC [DeLong 95% CI]", "slice AUC", "sequence F1",
+                         "pixel Dice", "seconds"]))
+
+    # ---------------------------------------------------------------- spec
+    parts.append("<h2>Study spec and cost model</h2>")
+    parts.append(f"<pre>{html.escape(json.dumps({'study': record, 'cost_model': cost.to_dict(), 'progress': progress}, indent=2, default=str))}</pre>")
+    parts.append("<p class='note'>Per-cell figures: exam AUC with DeLong 95% CI on the test split; slice AUC of slice "
+                 "probabilities; hemorrhage-sequence F1 (attention rule for weak, probability rule for strong); median "
+                 "Otsu Dice of Grad-CAM maps against lesion masks. Generated by <code>python -m ich report</code>.</p>")
+    body = "\n".join(parts)
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Study "
+            f"{html.escape(spec.name or Path(study).name)}</title><style>{CSS}</style></head><body>{body}</body></html>")
+
+
+def write_report(study: str | os.PathLike, out: str | os.PathLike | None = None, **kwargs) -> Path:
+    """Write ``build_report(study, **kwargs)`` to ``out`` (default ``<study>/report.html``) atomically."""
+    out = Path(out) if out else Path(study) / "report.html"
+    text = build_report(study, **kwargs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+

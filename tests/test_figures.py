@@ -1,0 +1,49 @@
+"""Plotly figure builders: learning curves (labels, hours, money), ROC curves, the slice strip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ich.figures import learning_curve_figure, roc_figure, slice_strip_figure
+from ich.planner import CostModel
+
+
+def aggregate():
+    rows = []
+    for arm in ("weak", "strong"):
+        for b, m in ((10, 0.6), (20, 0.7), (40, 0.75)):
+            rows.append({"arm": arm, "supervision": arm, "slice_fraction": None, "budget": b, "exam_auc": m,
+                         "exam_auc_ci_low": m - 0.05, "exam_auc_ci_high": m + 0.05, "n_seeds": 2})
+    return pd.DataFrame(rows)
+
+
+def test_learning_curves_against_labels_and_money():
+    from ich.curves import fit_power_law
+
+    agg = aggregate()
+    fit = fit_power_law(agg["budget"][:3], agg["exam_auc"][:3], n_boot=20)
+    fig = learning_curve_figure(agg, fits={"weak": fit})
+    names = [t.name for t in fig.data]
+    assert "weak" in names and "strong" in names and "weak fit" in names
+    assert fig.layout.xaxis.type == "log"
+    money = learning_curve_figure(agg, x="cost", cost=CostModel(hourly_rate=3600, seconds_per_exam_label=1))
+    weak = next(t for t in money.data if t.name == "weak")
+    assert list(weak.x) == [10.0, 20.0, 40.0]                      # 1 s per exam label at 3600/h = 1 per label
+
+
+def test_hours_axis_needs_a_cost_model():
+    with pytest.raises(ValueError, match="needs a cost model"):
+        learning_curve_figure(aggregate(), x="hours")
+
+
+def test_roc_and_strip():
+    fig = roc_figure([{"name": "weak", "fpr": [0, 0.5, 1], "tpr": [0, 0.8, 1], "auc": 0.8}])
+    assert "AUC 0.800" in fig.data[1].name
+    slices = pd.DataFrame({"exam_id": "E1", "index": np.arange(5), "slice_score": np.linspace(0, 1, 5),
+                           "attention": [0, 0, 0.5, 0.5, 0], "slice_label": [0, 0, 1, 1, 0]})
+    strip = slice_strip_figure(slices)
+    assert np.asarray(strip.data[0].z).shape == (3, 5)
+    with pytest.raises(ValueError, match="no slices"):
+        slice_strip_figure(slices, "E9")

@@ -1,0 +1,76 @@
+"""The HTML study report renders self-contained from a finished study; the plan and report verbs run."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+
+import pytest
+
+from ich.planner import CostModel
+from ich.report import build_report, write_report
+from ich.study import make_study, run_study
+
+
+@pytest.fixture(scope="module")
+def study(tiny_dataset, tmp_path_factory):
+    """The tiny study (8 cells) run in this process (the inline executor: no worker start-up)."""
+    import torch
+
+    from ich.models import build_encoder, save_encoder
+
+    root = tmp_path_factory.mktemp("report")
+    torch.manual_seed(0)
+    enc = save_encoder(root / "enc.pt", build_encoder("compact", in_channels=1, embed_dim=32, width=16),
+                       {"windows": ["brain"], "input_size": 64})
+    spec = make_study("tiny", dataset=str(tiny_dataset), init=str(enc), budgets=[4, 6, 8], seeds=[0, 1],
+                      pixel_slices=2)
+    run_study(spec, root / "s", executor="inline")
+    return root / "s"
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.srcs = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.srcs += [v for k, v in attrs if k in ("src", "href") and v]
+
+
+@pytest.mark.slow
+def test_report_is_self_contained(study):
+    html = build_report(study, cost=CostModel(hourly_rate=123, currency="EUR"), targets=[0.6])
+    parser = _Collect()
+    parser.feed(html)
+    assert not [s for s in parser.srcs if s.startswith(("http", "//"))], "the report loads something remotely"
+    assert html.count("Plotly.newPlot") >= 4                       # curves vs labels/hours/cost + ROC or strips
+    assert len(re.findall(r"<script[^>]*>", html)) >= 4
+    assert "plotly.js v" in html or "plotly.js" in html            # the library is inlined
+    assert "Every cell" in html and "weak-m8-s1" in html and "strong-m4-s0" in html
+    import html as html_lib
+
+    text = html_lib.unescape(html)
+    assert '"hourly_rate": 123' in text and '"supervisions": [' in text   # the cost model and spec are printed
+    assert "exam_auc 0.600" in html and "35×" in html
+
+
+@pytest.mark.slow
+def test_report_and_plan_verbs(study, tmp_path, capsys):
+    from ich.cli import main
+
+    out = tmp_path / "r.html"
+    assert main(["report", str(study), "--out", str(out), "--target", "0.5", "--hourly-rate", "50"]) == 0
+    assert out.is_file() and out.stat().st_size > 1_000_000        # plotly.js inlined (~4.6 MB)
+    capsys.readouterr()
+    rc = main(["plan", str(study), "--target", "0.01", "--json"])
+    got = json.loads(capsys.readouterr().out)
+    assert rc == 0 and got["observed"]["budget"] == 4               # the smallest budget is the cheapest
+    assert got["observed"]["supervision"] == "strong"               # 4 slice labels cost less than 4 exam labels
+
+
+def test_write_report_refuses_a_non_study(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a study folder"):
+        write_report(tmp_path)

@@ -1,0 +1,225 @@
+"""Studies: spec validation and locking, cell order, a tiny study end to end, and resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ich import runs
+from ich.study import (STUDY_PRESETS, Cell, StudyConfig, cell_config, check_budgets, make_study, plan_cells,
+                       read_events, read_progress, read_study, reference_repeats, resolve_study, run_study,
+                       summarise_study)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def encoder_file(tmp_path_factory):
+    """A random compact encoder file (64 px, D=32, width 16): the fast path's frozen start."""
+    import torch
+
+    from ich.models import build_encoder, save_encoder
+
+    torch.manual_seed(0)
+    enc = build_encoder("compact", in_channels=1, embed_dim=32, width=16)
+    return save_encoder(tmp_path_factory.mktemp("enc") / "enc.pt", enc, {"windows": ["brain"], "input_size": 64})
+
+
+def tiny_spec(dataset, encoder) -> StudyConfig:
+    return make_study("tiny", dataset=str(dataset), init=str(encoder))
+
+
+# ------------------------------------------------------------------------------ spec
+def test_spec_round_trip_and_defaults():
+    spec = make_study("quick", dataset="/x")
+    assert spec.budgets == (12, 24, 48, 96, 192) and spec.seeds == (0, 1, 2)
+    assert spec.supervisions == ("weak", "strong") and spec.finetune == "none"
+    assert StudyConfig.from_json(spec.to_json()) == spec
+    assert dict(spec.overrides)["train.epoch_size"] == 256
+
+
+def test_make_study_fields_override_preset():
+    spec = make_study("quick", dataset="/x", budgets=[8, 4], seeds=[3], overrides={"train.lr": 0.01})
+    assert spec.budgets == (4, 8) and spec.seeds == (3,)
+    assert dict(spec.overrides)["train.lr"] == 0.01 and dict(spec.overrides)["train.epochs"] == 20
+
+
+def test_unknown_study_key():
+    with pytest.raises(ValueError, match="did you mean 'budgets'"):
+        StudyConfig.from_dict({"budget": [1, 2]})
+
+
+def test_bad_supervision():
+    with pytest.raises(ValueError, match="did you mean 'strong'"):
+        StudyConfig(supervisions=("weak", "strnog"))
+
+
+def test_mixed_needs_inner_fractions():
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        StudyConfig(supervisions=("mixed",), slice_fractions=(0.0,))
+
+
+def test_repeated_budget():
+    with pytest.raises(ValueError, match="must not repeat"):
+        StudyConfig(budgets=(12, 12))
+
+
+def test_override_of_a_grid_field():
+    with pytest.raises(ValueError, match="the study grid sets it"):
+        StudyConfig(overrides={"train.budget": 3})
+
+
+def test_unknown_study_preset():
+    with pytest.raises(ValueError, match="did you mean 'quick'"):
+        make_study("quik")
+
+
+# ------------------------------------------------------------------------------ cells
+def test_cells_give_every_budget_its_first_seed_first():
+    spec = StudyConfig(supervisions=("weak", "strong", "mixed"), budgets=(12, 24, 48), seeds=(0, 1, 2),
+                       slice_fractions=(0.25,))
+    cells = plan_cells(spec)
+    assert len(cells) == 3 * 3 * 3
+    assert [c.name for c in cells[:3]] == ["weak-m12-s0", "strong-m12-s0", "mixed-f0.25-m12-s0"]
+    first_seed1 = next(i for i, c in enumerate(cells) if c.seed == 1)
+    assert {c.budget for c in cells[:first_seed1]} == {12, 24, 48}
+    assert all(c.seed == 0 for c in cells[:first_seed1])
+    assert len({c.name for c in cells}) == len(cells)
+
+
+def test_reference_repeats_follow_the_paper():
+    assert [reference_repeats(m) for m in (12, 252, 520, 796, 1000, 10000, 17000)] == [20, 20, 15, 10, 10, 6, 1]
+    spec = make_study("reference", dataset="/x", init="random")
+    cells = plan_cells(spec)
+    per_learner = sum(1 for c in cells if c.supervision == "weak")
+    assert per_learner == 241          # paper-protocol.md §7.2: 10*20 + 15 + 2*10 + 6 (+ 1 full-data run, not a budget)
+
+
+def test_cell_config_takes_the_encoder_files_settings(tiny_dataset, encoder_file):
+    spec, info = resolve_study(tiny_spec(tiny_dataset, encoder_file))
+    assert info["checksum"] and Path(spec.init).is_absolute()
+    cfg = cell_config(spec, Cell("strong", "strong", 8, 1, None))
+    assert cfg.model.finetune == "none" and cfg.model.embed_dim == 32 and cfg.model.width == 16
+    assert cfg.data.input_size == 64 and cfg.train.budget == 8 and cfg.seed == 1 and cfg.preset == "tiny"
+
+
+def test_infeasible_budget_is_named(tiny_dataset, encoder_file):
+    spec = make_study("tiny", dataset=str(tiny_dataset), init=str(encoder_file), budgets=[4, 500])
+    spec, _ = resolve_study(spec)
+    with pytest.raises(ValueError, match="cannot buy its largest budget.*500"):
+        check_budgets(spec)
+
+
+def test_missing_dataset():
+    with pytest.raises(ValueError, match="needs a dataset"):
+        resolve_study(StudyConfig())
+
+
+def test_dry_run_prints_cells(tiny_dataset, encoder_file, tmp_path, capsys):
+    from ich.cli import main
+
+    rc = main(["study", "--preset", "tiny", "--dataset", str(tiny_dataset), "--init", str(encoder_file),
+               "--seeds", "1", "--out", str(tmp_path / "s"), "--dry-run"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["cells"] == ["weak-m4-s0", "strong-m4-s0", "weak-m8-s0", "strong-m8-s0"]
+    assert not (tmp_path / "s").exists()
+
+
+def test_refuses_a_folder_that_is_not_a_study(tiny_dataset, encoder_file, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a study folder"):
+        run_study(tiny_spec(tiny_dataset, encoder_file), tmp_path, executor="inline")
+
+
+def test_invalid_cell_config_leaves_no_folder(tiny_dataset, tmp_path):
+    spec = make_study("tiny", dataset=str(tiny_dataset), init="random", finetune="none")
+    with pytest.raises(ValueError, match="only useful for a pretrained encoder"):
+        run_study(spec, tmp_path / "s", executor="inline")
+    assert not (tmp_path / "s").exists()
+
+
+# ------------------------------------------------------------------------------ end to end, kill and resume
+@pytest.fixture(scope="module")
+def killed_then_resumed(tiny_dataset, encoder_file, tmp_path_factory):
+    """Start the tiny study (2 budgets x 2 seeds x weak/strong) from the CLI with one worker, kill its
+    process group after 2 finished cells, then resume it in-process with the local executor (2 workers)."""
+    out = tmp_path_factory.mktemp("study") / "s"
+    cmd = [sys.executable, "-m", "ich", "study", "--preset", "tiny", "--dataset", str(tiny_dataset), "--init",
+           str(encoder_file), "--out", str(out), "--workers", "1", "--quiet"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if read_progress(out).get("done", 0) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the study ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    before = {c.name: runs.read_status(out / "runs" / c.name).get("finished")
+              for c in plan_cells(read_study(out)[0]) if (out / "runs" / c.name / "status.json").is_file()
+              and runs.read_status(out / "runs" / c.name).get("state") == "done"}
+    t0 = time.perf_counter()
+    cells, aggregate = run_study(tiny_spec(tiny_dataset, encoder_file), out, executor="local", workers=2)
+    return out, before, cells, aggregate, time.perf_counter() - t0
+
+
+@pytest.mark.slow
+def test_resume_after_kill_loses_no_cell_and_reruns_none(killed_then_resumed):
+    out, before, cells, aggregate, _ = killed_then_resumed
+    assert len(before) >= 2
+    assert (cells["state"] == "done").all() and len(cells) == 8
+    done_events = [e["cell"] for e in read_events(out) if e["event"] == "done"]
+    assert sorted(done_events) == sorted(cells["run"].map(lambda r: Path(r).name)), "a cell ran twice or never"
+    for name, finished in before.items():   # cells finished before the kill were not retrained
+        assert runs.read_status(out / "runs" / name)["finished"] == finished
+    progress = read_progress(out)
+    assert progress["state"] == "done" and progress["done"] == progress["total"] == 8 and progress["running"] == 0
+
+
+@pytest.mark.slow
+def test_summary_has_cells_and_means(killed_then_resumed):
+    out, _, cells, aggregate, _ = killed_then_resumed
+    csv = pd.read_csv(out / "summary.csv")
+    assert (csv["row"] == "cell").sum() == 8 and (csv["row"] == "mean").sum() == 4
+    assert set(aggregate["n_seeds"]) == {2}
+    for stat in ("exam_auc", "slice_auc", "sequence_f1", "pixel_dice"):
+        assert cells[stat].notna().all(), stat
+        means = cells.groupby(["arm", "budget"])[stat].mean()
+        got = aggregate.set_index(["arm", "budget"])[stat]
+        assert got.loc[means.index].to_numpy() == pytest.approx(means.to_numpy())
+        assert ((aggregate[f"{stat}_ci_low"] <= aggregate[stat] + 1e-12) &
+                (aggregate[stat] <= aggregate[f"{stat}_ci_high"] + 1e-12)).all()
+    assert (cells["n_labels"] == cells["budget"]).all()
+    again, _ = summarise_study(out)
+    pd.testing.assert_frame_equal(again, cells)
+
+
+@pytest.mark.slow
+def test_finished_study_reruns_nothing_and_refuses_another_spec(killed_then_resumed, tiny_dataset, encoder_file):
+    out, _, cells, _, _ = killed_then_resumed
+    n_events = len(read_events(out))
+    run_study(tiny_spec(tiny_dataset, encoder_file), out, executor="inline")
+    assert len(read_events(out)) == n_events
+    other = make_study("tiny", dataset=str(tiny_dataset), init=str(encoder_file), budgets=[4, 6])
+    with pytest.raises(ValueError, match="another spec.*budgets"):
+        run_study(other, out, executor="inline")
+
+
+def test_study_presets_are_valid():
+    for name in STUDY_PRESETS:
+        make_study(name, dataset="/x", init="random")
