@@ -109,3 +109,36 @@ def test_inspect_page_shows_strip_heatmap_and_truth(finished_run, monkeypatch):
     assert not at.exception
     at.selectbox(key="inspect_method").set_value("ig").run()
     assert not at.exception
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory, tiny_dataset):
+    """A tiny weak + strong study (3 budgets x 2 seeds) on a random frozen encoder, run in this process."""
+    import torch
+
+    from ich.models import build_encoder, save_encoder
+    from ich.study import make_study, run_study
+
+    root = tmp_path_factory.mktemp("app_study")
+    ds = root / "datasets" / "tiny"
+    shutil.copytree(tiny_dataset, ds)
+    torch.manual_seed(0)
+    enc = save_encoder(root / "encoders" / "enc.pt", build_encoder("compact", in_channels=1, embed_dim=32, width=16),
+                       {"windows": ["brain"], "input_size": 64})
+    spec = make_study("tiny", dataset=str(ds), init=str(enc), budgets=[4, 6, 8], seeds=[0, 1], pixel_slices=2)
+    run_study(spec, root / "studies" / "tiny-study", executor="inline")
+    return root
+
+
+def test_results_page_shows_curves_plan_and_delong(finished_study, monkeypatch):
+    monkeypatch.setenv("ICH_DATA", str(finished_study))
+    monkeypatch.chdir(REPO)
+    at = run_page(REPO / "pages" / "4_Results.py")
+    assert not at.exception, at.exception
+    assert at.selectbox(key="results_pick").value.endswith("tiny-study")
+    assert len(at.get("plotly_chart")) >= 3          # two learning curves and the ROC
+    at.slider(key="results_target").set_value(0.5).run()
+    assert not at.exception
+    assert at.success or at.warning                  # a plan, or why there is none
+    at.radio(key="results_metric").set_value("sequence_f1").run()
+    assert not at.exception
