@@ -34,7 +34,7 @@ slice_fraction = c[2].slider("Share of the budget spent on slice labels", 0.05, 
 encoders = sorted(str(p) for p in paths.encoders_dir().glob("*.pt"))
 c = st.columns(4)
 encoder = c[0].selectbox("Encoder", ["compact", "resnet18"], key="train_encoder")
-init = c[1].selectbox("Encoder start", ["random", *encoders], key="train_init",
+init = c[1].selectbox("Encoder start", [*encoders, "random"], key="train_init",
                       help="A label-free pretrained encoder (see `python -m ich pretrain`) gives weak and strong "
                            "learners the same start and makes each run take seconds.")
 pooling = c[2].selectbox("Pooling", ["attention", "gated_attention", "mean", "max"], key="train_pooling")
@@ -66,12 +66,18 @@ if mode == "single run":
     if supervision == "mixed":
         argv += ["--slice-fraction", str(slice_fraction)]
 else:
+    arms = st.multiselect("Compare", ["weak", "strong", "mixed"], default=["weak", "strong"], key="train_arms")
     budgets = st.text_input("Budgets (comma-separated)", "12,24,48,96,192", key="train_budgets")
-    out = paths.studies_dir() / f"{stamp}-{supervision}"
-    argv = ["study", "--dataset", dataset, "--supervision", supervision, "--budgets", budgets,
+    out = paths.studies_dir() / f"{stamp}-{'-'.join(arms)}"
+    argv = ["study", "--dataset", dataset, "--supervision", ",".join(arms), "--budgets", budgets,
             "--seeds", str(int(seeds)), "--out", str(out)]
     if init != "random":
         argv += ["--init", init]
+    if "mixed" in arms:
+        argv += ["--slice-fractions", str(slice_fraction)]
+    if not arms:
+        st.error("Pick at least one supervision level to compare.")
+        st.stop()
 
 with st.expander("Resolved configuration (what the run will record in config.json)"):
     st.json(cfg.to_dict())
