@@ -286,28 +286,9 @@ def bench_roofline(ctx: BenchContext) -> dict:
 
 def _profile_encoder_step(name: str, size: int, batch: int, precision: str) -> list[dict]:
     """torch.profiler table of two training steps of an encoder (after two warm-up steps)."""
-    import torch
+    from ich.train import encoder_train_step
 
-    from ich.models import build_encoder
-    from ich.predict import autocast
-
-    torch.manual_seed(0)
-    enc = build_encoder(name)
-    cl = precision == "bf16"
-    if cl:
-        enc = enc.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(enc.parameters(), lr=1e-4)
-    x = torch.rand(batch, enc.in_channels, size, size)
-    if cl:
-        x = x.contiguous(memory_format=torch.channels_last)
-
-    def step():
-        with autocast(torch.device("cpu"), precision):
-            y = enc(x)
-        y.float().pow(2).mean().backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    step = encoder_train_step(name, input_size=size, batch=batch, precision=precision)
     step()
     step()
     return torch_profile(lambda: (step(), step()))

@@ -489,6 +489,7 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)

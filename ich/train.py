@@ -451,16 +451,13 @@ def matmul_flops(dtype: torch.dtype = torch.bfloat16, n: int = 1024, seconds: fl
     return 2 * n ** 3 * k / (time.perf_counter() - t0)
 
 
-def encoder_throughput(encoder: str = "compact", *, input_size: int = 128, batch: int = 64, precision: str = "bf16",
-                       channels_last: bool | None = None, seconds: float = 3.0, **kwargs) -> dict:
-    """Training throughput of an encoder on CPU: full steps (forward, backward, AdamW) on random slices.
+def encoder_train_step(encoder: str = "compact", *, input_size: int = 128, batch: int = 64, precision: str = "bf16",
+                       channels_last: bool | None = None, **kwargs) -> Callable[[], None]:
+    """One CPU training step of an encoder (forward, backward, AdamW) on a fixed random batch.
 
-    Returns:
-        {"slices_per_s", "flop_per_s", "flop_per_slice"}; FLOPs counted by torch's FlopCounterMode
-        (forward + backward of convolutions and matmuls).
+    Returns a no-argument function that runs the step; used by ``encoder_throughput`` and the
+    benchmark's profiles. ``channels_last`` defaults to on under bf16.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     from ich.models import build_encoder
 
     torch.manual_seed(0)
@@ -469,8 +466,7 @@ def encoder_throughput(encoder: str = "compact", *, input_size: int = 128, batch
     if cl:
         enc = enc.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(enc.parameters(), lr=1e-4)
-    c = enc.in_channels
-    x = torch.rand(batch, c, input_size, input_size)
+    x = torch.rand(batch, enc.in_channels, input_size, input_size)      # (N, C, H, W)
     if cl:
         x = x.contiguous(memory_format=torch.channels_last)
 
@@ -481,6 +477,21 @@ def encoder_throughput(encoder: str = "compact", *, input_size: int = 128, batch
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return step
+
+
+def encoder_throughput(encoder: str = "compact", *, input_size: int = 128, batch: int = 64, precision: str = "bf16",
+                       channels_last: bool | None = None, seconds: float = 3.0, **kwargs) -> dict:
+    """Training throughput of an encoder on CPU: full steps (forward, backward, AdamW) on random slices.
+
+    Returns:
+        {"slices_per_s", "flop_per_s", "flop_per_slice"}; FLOPs counted by torch's FlopCounterMode
+        (forward + backward of convolutions and matmuls).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    step = encoder_train_step(encoder, input_size=input_size, batch=batch, precision=precision,
+                              channels_last=channels_last, **kwargs)
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops()
