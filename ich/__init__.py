@@ -18,6 +18,8 @@ _EXPORTS = {
     "SUBTYPES": "ich.labels",
     "WINDOWS": "ich.labels",
     "list_datasets": "ich.store",
+    "PretrainConfig": "ich.pretrain",
+    "pretrain": "ich.pretrain",
     "StudyConfig": "ich.study",
     "STUDY_PRESETS": "ich.study",
     "make_study": "ich.study",

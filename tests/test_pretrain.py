@@ -183,8 +183,8 @@ def test_pretrained_encoder_separates_lesion_slices_better_than_random(tmp_path)
     from ich.pretrain import _build
 
     ds = write_blob_dataset(tmp_path / "blobs", 40, seed=0, size=64)
-    cfg = PretrainConfig(input_size=64, width=16, embed_dim=32, batch_size=32, epochs=60, patch_size=(4.0, 16.0),
-                         threads=1, seed=0, precision="fp32")
+    cfg = PretrainConfig(input_size=64, width=16, embed_dim=32, batch_size=32, epochs=30, local_size=32,
+                         local_jitter=4, threads=1, seed=0, precision="fp32")
     pretrain(ds, tmp_path / "enc.pt", cfg)
     trained, _ = load_encoder(tmp_path / "enc.pt")
     hu = torch.from_numpy(np.concatenate([np.asarray(ds.load_raw(e)) for e in ds.slices["exam_id"].unique()]))
