@@ -28,7 +28,11 @@ $(PHANTOM)/dataset.json: | $(VENV)/.installed
 	@test -d $(PHANTOM_DICOM)/exams || $(PY) -m ich synth --out $(PHANTOM_DICOM) --exams 300 --seed 0
 	$(PY) -m ich import phantom $(PHANTOM_DICOM) --out $(PHANTOM) --size 128
 
-phantom: $(PHANTOM)/dataset.json
+# Its label-free pretrained encoder (every study cell starts from it; a few CPU-minutes, once).
+data/encoders/phantom-compact.pt: | $(PHANTOM)/dataset.json
+	$(PY) -m ich pretrain --dataset $(PHANTOM) --out $@
+
+phantom: $(PHANTOM)/dataset.json data/encoders/phantom-compact.pt
 
 run: $(VENV)/.installed phantom
 	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)

@@ -19,7 +19,7 @@ from their checkpoint (or restarts them when they had none) and reruns failed on
 Every cell of a study starts from the same encoder (``StudyConfig.init``), so the arms
 compete on equal footing. ``init="auto"`` reuses ``<encoders>/<dataset name>-compact.pt`` next
 to the dataset folder (``default_encoder_path``) or, when it is missing, pretrains one without
-labels (``AUTO_PRETRAIN``: 35-50 CPU-seconds for the default phantom) and keeps it
+labels (``AUTO_PRETRAIN``: 2-5 CPU-minutes for the default phantom; `make run` does it up front) and keeps it
 for the next study. With an encoder file and ``finetune="none"`` (the default for files) each
 cell trains only the pooling and head on cached slice embeddings, computed once before the
 cells start.
@@ -54,7 +54,7 @@ REPEATS = ("all", "reference")
 EXECUTORS = ("local", "ray", "inline")
 
 #: Label-free pretraining used by ``init="auto"`` when no encoder file exists yet (``ich.pretrain``).
-AUTO_PRETRAIN = {"method": "local", "epochs": 2, "max_slices": 2000, "batch_size": 128, "seed": 0}
+AUTO_PRETRAIN = {"method": "local", "seed": 0}   # the pretraining defaults: about 2-5 CPU-minutes on the default phantom
 
 
 def reference_repeats(budget: int) -> int:
