@@ -260,13 +260,13 @@ class RunConfig:
         """Build from a (possibly partial) nested dict; unknown keys raise with a did-you-mean hint."""
         if not isinstance(d, Mapping):
             raise ValueError(f"a run config must be a JSON object, not {type(d).__name__}")
-        _reject_unknown("", d, cls)
+        reject_unknown_keys(d, cls)
         parts = {}
         for name, sub in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)):
             section = d.get(name, {})
             if not isinstance(section, Mapping):
                 raise ValueError(f"config section {name!r} must be an object, not {section!r}")
-            _reject_unknown(f"{name}.", section, sub)
+            reject_unknown_keys(section, sub, prefix=f"{name}.")
             parts[name] = sub(**section)
         return cls(**parts, **{k: d[k] for k in ("seed", "preset") if k in d})
 
@@ -279,12 +279,16 @@ class RunConfig:
         return cls.from_dict(d)
 
 
-def _reject_unknown(prefix: str, d: Mapping, cls) -> None:
-    names = [f.name for f in dataclasses.fields(cls)]
+def reject_unknown_keys(d: Mapping, cls, *, what: str = "config", prefix: str = "") -> None:
+    """Raise ``ValueError`` (with a did-you-mean and the valid keys) for a key of ``d`` that ``cls`` lacks.
+
+    Every frozen config's ``from_dict`` calls this; ``what`` names the config in the message.
+    """
+    names = [prefix + f.name for f in dataclasses.fields(cls)]
     for key in d:
-        if key not in names:
-            hint = did_you_mean(prefix + str(key), [prefix + n for n in names])
-            raise ValueError(f"unknown config key {prefix + str(key)!r}{hint}; valid keys: {[prefix + n for n in names]}")
+        if prefix + str(key) not in names:
+            hint = did_you_mean(prefix + str(key), names)
+            raise ValueError(f"unknown {what} key {prefix + str(key)!r}{hint}; valid keys: {names}")
 
 
 # ---------------------------------------------------------------------------- presets
@@ -380,3 +384,14 @@ def parse_value(text: str):
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+def parse_overrides(items, *, example: str = "train.lr=3e-4") -> dict:
+    """``--set KEY=VALUE`` items -> ``{key: parse_value(value)}``; a malformed item raises with an example."""
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set needs KEY=VALUE (e.g. {example}), not {item!r}")
+        out[key.strip()] = parse_value(text.strip())
+    return out

@@ -23,7 +23,6 @@ when at least ``MASK_THRESHOLD`` of it is blood (partial volume).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import logging
 import math
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ich.config import did_you_mean
 from ich.labels import SUBTYPES
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,6 @@ _SUB_Z = (-1.0 / 3.0, 0.0, 1.0 / 3.0)  # sub-slice samples (fractions of the sli
 # ----------------------------------------------------------------------------------------------
 # configuration
 # ----------------------------------------------------------------------------------------------
-
-def _did_you_mean(word: str, options) -> str:
-    close = difflib.get_close_matches(str(word), list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
 
 @dataclass(frozen=True)
 class PhantomConfig:
@@ -139,7 +134,7 @@ class PhantomConfig:
         fields = set(cls.__dataclass_fields__)
         for key in d:
             if key not in fields:
-                raise ValueError(f"unknown PhantomConfig field {key!r}{_did_you_mean(key, fields)}; "
+                raise ValueError(f"unknown PhantomConfig field {key!r}{did_you_mean(key, fields)}; "
                                  f"fields are {sorted(fields)}")
         return cls(**d)
 
@@ -165,11 +160,11 @@ def phantom_config(difficulty: str | PhantomConfig = "default", **overrides) -> 
         cfg = PHANTOM_PRESETS[difficulty]
     else:
         raise ValueError(f"difficulty must be one of {sorted(PHANTOM_PRESETS)}, not {difficulty!r}"
-                         f"{_did_you_mean(difficulty, PHANTOM_PRESETS)}")
+                         f"{did_you_mean(difficulty, PHANTOM_PRESETS)}")
     unknown = [k for k in overrides if k not in PhantomConfig.__dataclass_fields__]
     if unknown:
         raise ValueError(f"unknown PhantomConfig field {unknown[0]!r}"
-                         f"{_did_you_mean(unknown[0], PhantomConfig.__dataclass_fields__)}")
+                         f"{did_you_mean(unknown[0], PhantomConfig.__dataclass_fields__)}")
     return dataclasses.replace(cfg, **overrides) if overrides else cfg
 
 
@@ -254,7 +249,7 @@ class PhantomParams:
         fields = set(cls.__dataclass_fields__)
         unknown = [k for k in d if k not in fields]
         if unknown:
-            raise ValueError(f"unknown PhantomParams field {unknown[0]!r}{_did_you_mean(unknown[0], fields)}")
+            raise ValueError(f"unknown PhantomParams field {unknown[0]!r}{did_you_mean(unknown[0], fields)}")
         d["lesions"] = [Lesion(**les) for les in d.get("lesions", [])]
         return cls(**d)
 

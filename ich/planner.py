@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ich.config import _check_number, check_choice, did_you_mean
+from ich.config import _check_number, check_choice, reject_unknown_keys
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -76,10 +76,7 @@ class CostModel:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "CostModel":
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in names:
-                raise ValueError(f"unknown cost key {key!r}{did_you_mean(key, names)}; valid keys: {names}")
+        reject_unknown_keys(d, cls, what="cost")
         return cls(**d)
 
     @classmethod

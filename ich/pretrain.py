@@ -77,7 +77,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ich.config import ENCODER_NAMES, WINDOW_NAMES, _check_number, check_choice, did_you_mean
+from ich.config import ENCODER_NAMES, WINDOW_NAMES, _check_number, check_choice, reject_unknown_keys
 from ich.labels import WINDOWS
 from ich.models import build_encoder, save_encoder, state_checksum
 from ich.preprocess import resize
@@ -192,11 +192,7 @@ class PretrainConfig:
         """Build from a (possibly partial) dict; unknown keys raise with a did-you-mean hint."""
         if not isinstance(d, Mapping):
             raise ValueError(f"a pretrain config must be a JSON object, not {type(d).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in names:
-                raise ValueError(f"unknown pretrain config key {key!r}{did_you_mean(key, names)}; "
-                                 f"valid keys: {names}")
+        reject_unknown_keys(d, cls, what="pretrain config")
         return cls(**d)
 
     @classmethod

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ich.config import SUPERVISIONS, _check_number, check_choice, did_you_mean
+from ich.config import SUPERVISIONS, _check_number, check_choice, reject_unknown_keys
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -175,10 +175,7 @@ class StudyConfig:
         """Build from a (possibly partial) dict; unknown keys raise with a did-you-mean hint."""
         if not isinstance(d, Mapping):
             raise ValueError(f"a study config must be a JSON object, not {type(d).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in names:
-                raise ValueError(f"unknown study key {key!r}{did_you_mean(key, names)}; valid keys: {names}")
+        reject_unknown_keys(d, cls, what="study")
         return cls(**d)
 
     @classmethod

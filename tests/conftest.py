@@ -31,3 +31,14 @@ def tiny_dicom_phantom(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_dicom_phantom") / "phantom"
     write_synth_dataset(out, 4, seed=1, size=64, difficulty="easy", slices=(8, 12), workers=1)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: tiny models run faster so on shared 2-core machines (restored afterwards)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

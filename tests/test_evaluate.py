@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from ich import metrics as M
@@ -21,13 +20,7 @@ from ich.evaluate import (compare_runs, evaluate_run, exam_summary, explain_run_
 from ich.store import DatasetWriter, open_dataset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One torch thread: tiny models run faster so on the shared 2-core machines (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -18,13 +18,7 @@ LESION = (slice(8, 12), slice(8, 12))       # a bright square inside the window
 DISTRACTOR = (slice(20, 26), slice(20, 26))  # an equally bright square outside the window
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One torch thread: tiny models run faster so on the shared 2-core machines (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class WindowEncoder(nn.Module):

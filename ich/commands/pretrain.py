@@ -51,7 +51,7 @@ def build_config(args: argparse.Namespace):
     """The ``PretrainConfig`` the options describe (JSON file, then options, then --set)."""
     from pathlib import Path
 
-    from ich.config import parse_value
+    from ich.config import parse_overrides
     from ich.pretrain import PretrainConfig
 
     fields: dict = {}
@@ -65,11 +65,8 @@ def build_config(args: argparse.Namespace):
         value = getattr(args, option)
         if value is not None:
             fields[option] = value
-    for item in args.set:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE (e.g. --set temperature=0.1), not {item!r}")
-        fields[key.strip().replace("-", "_")] = parse_value(text)
+    for key, value in parse_overrides(args.set, example="temperature=0.1").items():
+        fields[key.replace("-", "_")] = value
     return PretrainConfig.from_dict(fields)
 
 

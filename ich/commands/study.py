@@ -55,7 +55,7 @@ def build_spec(args):
     """The ``StudyConfig`` the arguments describe."""
     from pathlib import Path
 
-    from ich.config import parse_value
+    from ich.config import parse_overrides
     from ich.paths import datasets_dir
     from ich.study import make_study, read_study
 
@@ -71,12 +71,7 @@ def build_spec(args):
         except ValueError:
             raise ValueError(f"--seeds must be N or a comma-separated list of seeds, not {args.seeds!r}") from None
         seeds = list(range(vals[0])) if len(vals) == 1 and "," not in args.seeds else vals
-    overrides = {}
-    for item in args.set:
-        if "=" not in item:
-            raise ValueError(f"--set needs KEY=VALUE (e.g. train.lr=3e-4), not {item!r}")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = parse_value(value.strip())
+    overrides = parse_overrides(args.set)
     dataset = args.dataset
     if not dataset and args.preset == "quick":
         dataset = str(datasets_dir() / "phantom")

@@ -46,16 +46,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_config(args):
     """The RunConfig the arguments describe (used by the app's Train page as well)."""
-    from ich.config import make_config, parse_value
+    from ich.config import make_config, parse_overrides
 
     if not args.dataset:
         raise ValueError("--dataset is required (a folder written by `python -m ich import`)")
-    overrides = {}
-    for item in args.set:
-        if "=" not in item:
-            raise ValueError(f"--set needs KEY=VALUE (e.g. train.lr=3e-4), not {item!r}")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = parse_value(value.strip())
+    overrides = parse_overrides(args.set)
     flags = {"model.encoder": args.encoder, "model.pooling": args.pooling,
              "model.attention_activation": args.attention_activation, "data.input_size": args.input_size,
              "train.epochs": args.epochs, "train.loss": args.loss, "train.device": args.device,
