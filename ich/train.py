@@ -14,8 +14,9 @@ on the slices of exams whose slice labels were bought.
 
 Fast path (``finetune="none"``): the frozen encoder embeds every slice once
 (``embed.embed_dataset``, cached next to the encoder file) and only the pooling + head train
-on (S, D) bags. Same run-folder contract; the checkpoint stores the head and a reference to
-the encoder file.
+on (S, D) bags, standardised with the mean and std of every training-split slice embedding
+(``models.Standardize``; pixels only, so no label outside the budget is used). Same run-folder
+contract; the checkpoint stores the head (with those statistics) and a reference to the encoder file.
 
 Determinism: global RNGs are seeded here, once per run and again at every epoch from
 (seed, epoch); data order and bags come from ``(seed, epoch, item)``. A run resumed from its
@@ -208,6 +209,11 @@ class _Trainer:
             on_progress=lambda e: self._report({**e, "progress": 0.0}))
         self.encoder_ref = {"path": str(Path(cfg.model.init_path).resolve()),
                             "checksum": state_checksum(self.model.encoder)}
+        # standardise the head's inputs with statistics of every training-split slice (no label is read)
+        train_ids = self.dataset.exams.loc[self.dataset.exams["split"] == "train", "exam_id"]
+        rows = np.concatenate([np.arange(*self.rows[e]) for e in train_ids if e in self.rows]
+                              or [np.arange(len(self.embeddings))])
+        self.model.norm.fit_stats(torch.from_numpy(np.asarray(self.embeddings[np.sort(rows)], dtype=np.float32)))
 
     def _setup_data(self) -> None:
         cfg, t, ds, sub = self.cfg, self.cfg.train, self.dataset, self.subset
@@ -353,8 +359,8 @@ class _Trainer:
             self.model.encoder.eval()   # frozen and unused; keeps BN statistics fixed
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(epoch)
-        order = distributed.shard(epoch_order(len(self.train_set), seed=self.cfg.seed, epoch=epoch,
-                                              epoch_size=t.epoch_size))
+        size = None if t.steps_per_epoch is None else t.steps_per_epoch * self.batch_size
+        order = distributed.shard(epoch_order(len(self.train_set), seed=self.cfg.seed, epoch=epoch, epoch_size=size))
         steps = max(1, math.ceil(len(order) / self.batch_size))
         total, count = 0.0, 0
         for step in range(steps):

@@ -338,7 +338,7 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     ds = write_disc_dataset(root / "discs")
     cfg = make_config(str(ds.path), preset="tiny", supervision="strong", seed=0,
-                      overrides={"train.epochs": 4, "train.epoch_size": 320, "train.val_every": 4, "train.threads": 1,
+                      overrides={"train.epochs": 4, "train.steps_per_epoch": 10, "train.val_every": 4, "train.threads": 1,
                                  "train.lr": 1e-2})
     fit(cfg, root / "run")
     return root / "run", ds

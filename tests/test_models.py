@@ -97,6 +97,25 @@ def test_encoders_shapes(name, channels):
     assert out.shape == (2, 24) and torch.isfinite(out).all()
 
 
+def test_compact_meanmax_pooling_keeps_a_small_finding_visible():
+    """One bright 8x8 px spot on a 128 px slice moves the max half of the embedding far more than the mean half."""
+    torch.manual_seed(0)
+    enc = build_encoder("compact", embed_dim=16, width=8).eval()
+    assert enc.pool == "meanmax" and enc.proj.out_features == 8
+    x = torch.full((1, 1, 128, 128), 0.4)
+    y = x.clone()
+    y[..., 60:68, 60:68] = 1.0
+    with torch.no_grad():
+        d = (enc(y) - enc(x)).abs()[0]                                    # (16,) = mean half, max half
+    assert d[8:].sum() > 5 * d[:8].sum()
+    mean_only = build_encoder("compact", embed_dim=15, width=8, pool="mean")
+    assert mean_only(x).shape == (1, 15)
+    with pytest.raises(ValueError, match="even embed_dim"):
+        build_encoder("compact", embed_dim=15, width=8)
+    with pytest.raises(ValueError, match="pool must be one of"):
+        build_encoder("compact", width=8, pool="sum")
+
+
 def test_resnet18_refuses_other_channel_counts():
     with pytest.raises(ValueError, match="1 or 3 input channels"):
         build_encoder("resnet18", in_channels=2)

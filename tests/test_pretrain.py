@@ -175,15 +175,16 @@ def probe_auc(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray) ->
 
 @pytest.mark.slow
 def test_pretrained_encoder_separates_lesion_slices_better_than_random(tmp_path):
-    """Default objective, fixed seed, 40 small blob exams (64 px): the probe beats a random encoder, both
-    as initialised and with BatchNorm statistics fitted to these slices (so it is not just the statistics)."""
-    from _blobs import write_blob_dataset
-
+    """Default objective, fixed seed, a small easy phantom (40 exams, 64 px): the probe beats a random encoder,
+    both as initialised and with BatchNorm statistics fitted to these slices (so it is not just the statistics).
+    Measured with this seed: trained 0.78, random 0.67, random with fitted BatchNorm 0.62."""
     from ich.data import window_slices
+    from ich.phantom import write_phantom_dataset
     from ich.pretrain import _build
 
-    ds = write_blob_dataset(tmp_path / "blobs", 40, seed=0, size=64)
-    cfg = PretrainConfig(input_size=64, width=16, embed_dim=32, batch_size=32, epochs=30, local_size=32,
+    ds = open_dataset(write_phantom_dataset(tmp_path / "phantom", 40, seed=0, size=64, difficulty="easy",
+                                            slices=(12, 16)))
+    cfg = PretrainConfig(input_size=64, width=16, embed_dim=32, batch_size=32, epochs=20, local_size=32,
                          local_jitter=4, threads=1, seed=0, precision="fp32")
     pretrain(ds, tmp_path / "enc.pt", cfg)
     trained, _ = load_encoder(tmp_path / "enc.pt")
@@ -199,7 +200,7 @@ def test_pretrained_encoder_separates_lesion_slices_better_than_random(tmp_path)
         fitted.train()(x)
         aucs = {name: probe_auc(enc.eval()(x).numpy(), labels, groups)
                 for name, enc in (("trained", trained), ("random", random_encoder), ("random_bn", fitted))}
-    assert aucs["trained"] > max(aucs["random"], aucs["random_bn"]) + 0.1, aucs
+    assert aucs["trained"] > max(aucs["random"], aucs["random_bn"]) + 0.05, aucs
 
 
 # ------------------------------------------------------------------------------ command line

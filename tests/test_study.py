@@ -43,7 +43,7 @@ def test_spec_round_trip_and_defaults():
     assert spec.budgets == (12, 24, 48, 96, 192) and spec.seeds == (0, 1, 2)
     assert spec.supervisions == ("weak", "strong") and spec.finetune == "none"
     assert StudyConfig.from_json(spec.to_json()) == spec
-    assert dict(spec.overrides)["train.epoch_size"] == 256
+    assert dict(spec.overrides)["train.steps_per_epoch"] == 64
 
 
 def test_make_study_fields_override_preset():

@@ -146,6 +146,27 @@ def test_fast_path_trains_the_head_on_cached_embeddings(easy, tmp_path):
     assert model.head.weight.shape == (1, 32)
 
 
+def test_fast_path_standardises_embeddings_with_training_split_statistics(easy, tmp_path):
+    """The head's inputs are z-scored with the mean/std of every training-split slice embedding, whatever the
+    budget (no label is involved), and the statistics travel with the run's checkpoint."""
+    from ich.embed import embed_dataset
+    from ich.store import open_dataset
+
+    torch.manual_seed(0)
+    enc = build_encoder("compact", in_channels=1, embed_dim=32, width=16)
+    path = save_encoder(tmp_path / "enc.pt", enc, {"windows": ["brain"], "input_size": 64})
+    over = {"model.init": str(path), "model.finetune": "none", "train.epochs": 1}
+    fit(tiny(easy, budget=4, overrides=over), tmp_path / "run")
+    ds = open_dataset(easy)
+    emb, rows = embed_dataset(ds, enc, {"windows": ["brain"], "input_size": 64}, tmp_path / "enc.pt.embeddings")
+    train = np.concatenate([np.arange(*rows[e]) for e in ds.exams.loc[ds.exams.split == "train", "exam_id"]])
+    model = runs.load_model(tmp_path / "run")
+    np.testing.assert_allclose(model.norm.mean.numpy(), emb[train].mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.norm.std.numpy(), emb[train].std(0, ddof=1), rtol=1e-3, atol=1e-5)
+    z = model.norm(torch.from_numpy(np.asarray(emb[train])))
+    assert z.mean(0).abs().max() < 1e-3 and (z.std(0) - 1).abs().max() < 1e-3
+
+
 def test_fast_path_refuses_a_mismatched_encoder(easy, tmp_path):
     enc = build_encoder("compact", in_channels=1, embed_dim=32, width=16)
     path = save_encoder(tmp_path / "enc.pt", enc, {"windows": ["brain"], "input_size": 32})
