@@ -204,7 +204,7 @@ def test_default_prevalence_near_rsna():
     for _, _, _, mask in make_phantoms(30, seed=0, cfg=cfg):
         lab = mask.any(axis=(1, 2))
         n_pos, n_all = n_pos + lab.sum(), n_all + lab.size
-    assert 0.07 < n_pos / n_all < 0.2                 # RSNA: 14% of slices
+    assert 0.1 < n_pos / n_all < 0.25                 # RSNA: 14% of slices; ours ~20% (bleeds large enough for 128 px)
 
 
 # ---------------------------------------------------------------- store fast path
