@@ -27,6 +27,7 @@ reported as skipped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -686,9 +687,57 @@ def bench_study(ctx: BenchContext) -> dict:
         figs["embed"] = figure([progress["embed_s"]], "s", note="slice embeddings computed before the cells")
     goals = [goal(figs, "cell", "<=", 5.0, text="≤ 5 s per fast-path cell"),
              goal(figs, "cell_overhead", "<=", 2.0, text="< 2 s per cell")]
+    if not ctx.quick:
+        few, few_goals = _few_label_figures(out, ctx)
+        figs.update(few)
+        goals += few_goals
     return {"title": f"Study: the {'tiny (quick mode)' if ctx.quick else 'quick'} preset", "figures": figs,
             "goals": goals, "params": {"spec": spec.to_dict(), "executor": executor},
             "notes": [f"{len(failed)} cells failed: {failed[0].get('error')}"] if failed else []}
+
+
+def _few_label_figures(study: Path, ctx: BenchContext) -> tuple[dict, list]:
+    """The learning-from-few-labels table of a finished quick study: mean test exam AUC per arm and budget,
+    plus the weak learner on the whole training split (same spec, budget None, same seeds); and its goals:
+    weak >= 0.80 at 48 exam labels and >= 0.95 on the whole split, strong < 0.90 at 48 slice labels and
+    rising, weak >= strong at every budget up to 200."""
+    import pandas as pd
+
+    from ich.study import Cell, cell_config, read_study
+    from ich.train import fit
+
+    spec, _ = read_study(study)
+    table = pd.read_csv(study / "summary.csv")
+    cells, means = table[table["row"] == "cell"], table[table["row"] == "mean"]
+    figs: dict = {}
+    for r in means.itertuples():
+        per_seed = cells[(cells["arm"] == r.arm) & (cells["budget"] == r.budget)]["exam_auc"]
+        figs[f"auc_{r.arm}_m{int(r.budget)}"] = figure(
+            [r.exam_auc], "AUC", note=f"mean test exam AUC of {len(per_seed)} seeds "
+                                      f"({', '.join(f'{v:.3f}' for v in per_seed)})")
+    full = []
+    for seed in spec.seeds:
+        ctx.say(f"weak learner on the whole training split, seed {seed}")
+        cfg = cell_config(spec, Cell("weak", "weak", None, seed, None))
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=ctx.threads))
+        full.append(fit(cfg, ctx.scratch(f"weak-all-s{seed}") / "run")["test_exam_auc"])
+    figs["auc_weak_all"] = figure([float(np.mean(full))], "AUC", note="weak learner, every exam label of the "
+                                  f"training split; mean of seeds ({', '.join(f'{v:.3f}' for v in full)})")
+    budgets = [b for b in spec.budgets if b <= 200]
+    auc = lambda arm, b: (figs.get(f"auc_{arm}_m{b}") or {}).get("median")  # noqa: E731
+    gaps = [auc("weak", b) - auc("strong", b) for b in budgets if auc("weak", b) is not None
+            and auc("strong", b) is not None]
+    figs["weak_minus_strong_min"] = figure([min(gaps)] if gaps else [], "AUC",
+                                           note=f"smallest weak - strong gap over budgets {budgets}")
+    if len(budgets) > 1 and auc("strong", budgets[0]) is not None and auc("strong", budgets[-1]) is not None:
+        figs["strong_rise"] = figure([auc("strong", budgets[-1]) - auc("strong", budgets[0])], "AUC",
+                                     note=f"strong AUC at {budgets[-1]} minus at {budgets[0]} slice labels")
+    goals = [goal(figs, "auc_weak_m48", ">=", 0.80, text="weak ≥ 0.80 at 48 exam labels"),
+             goal(figs, "auc_weak_all", ">=", 0.95, text="weak ≥ 0.95 on the whole training split"),
+             goal(figs, "auc_strong_m48", "<=", 0.90, text="strong < 0.90 at 48 slice labels"),
+             goal(figs, "strong_rise", ">=", 0.0, text="strong rises with the budget"),
+             goal(figs, "weak_minus_strong_min", ">=", 0.0, text="weak ≥ strong at every budget ≤ 200")]
+    return figs, goals
 
 
 # ------------------------------------------------------------------------------ 6. growth
