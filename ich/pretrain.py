@@ -51,6 +51,13 @@ SimCLR mostly encodes head shape and level; masked modelling encodes anatomy. Ke
 BatchNorm statistics of the training crops matters: recomputing them on whole slices after
 ``local`` training dropped the probe from 0.75 to 0.63 (set A). On this phantom no objective
 gets near what a budget study needs from 48 exam labels; a longer run (60 epochs) did not help.
+(That phantom is now ``--difficulty hard``, and these encoders mean-pooled their last feature map.)
+
+On the calibrated default phantom (``ich.phantom``'s docstring), with the compact encoder's
+mean+max pooling and ``local`` (30 epochs): a logistic-regression probe on z-scored embeddings
+scores test exams by their highest slice at exam AUC 1.00 from every training slice label
+(random mean+max encoder 0.74, random mean-pooled 0.49), and a logistic regression on each exam's
+per-dimension max embedding reaches 0.93 from 48 exam labels (random 0.60).
 
 Augmentations are CT-specific and batched in torch (``augment_views``): window level/width
 jitter and Gaussian noise in HU, then one affine per view (crop-and-resize, rotation, left-right
