@@ -167,6 +167,32 @@ def test_fast_path_standardises_embeddings_with_training_split_statistics(easy, 
     assert z.mean(0).abs().max() < 1e-3 and (z.std(0) - 1).abs().max() < 1e-3
 
 
+def test_fast_path_and_full_finetuning_write_the_same_run_folder(easy, tmp_path):
+    """Same files, status/summary keys, metrics columns, labels and prediction rows; both reload and predict."""
+    from ich.predict import predict_volume
+    from ich.store import open_dataset
+
+    torch.manual_seed(0)
+    enc = build_encoder("compact", in_channels=1, embed_dim=32, width=16)
+    path = save_encoder(tmp_path / "enc.pt", enc, {"windows": ["brain"], "input_size": 64})
+    for finetune in ("none", "all"):
+        fit(tiny(easy, budget=8, overrides={"model.init": str(path), "model.finetune": finetune, "train.epochs": 1}),
+            tmp_path / finetune)
+    fast, full = tmp_path / "none", tmp_path / "all"
+    assert sorted(p.name for p in fast.iterdir()) == sorted(p.name for p in full.iterdir())
+    assert runs.read_status(fast).keys() == runs.read_status(full).keys()
+    assert runs.read_status(fast)["summary"].keys() == runs.read_status(full)["summary"].keys()
+    assert list(runs.read_metrics(fast).columns) == list(runs.read_metrics(full).columns)
+    pd.testing.assert_frame_equal(runs.read_labels(fast), runs.read_labels(full))
+    for got, want in zip(runs.read_predictions(fast), runs.read_predictions(full)):
+        assert list(got.columns) == list(want.columns)
+        pd.testing.assert_frame_equal(got[["exam_id"]], want[["exam_id"]])
+    hu, _ = open_dataset(easy).load(runs.read_labels(fast)["exam_id"].iloc[0])
+    for run in (fast, full):
+        score, _ = predict_volume(run, hu, device="cpu")
+        assert 0.0 <= score <= 1.0
+
+
 def test_fast_path_refuses_a_mismatched_encoder(easy, tmp_path):
     enc = build_encoder("compact", in_channels=1, embed_dim=32, width=16)
     path = save_encoder(tmp_path / "enc.pt", enc, {"windows": ["brain"], "input_size": 32})
