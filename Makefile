@@ -8,7 +8,7 @@ PHANTOM_DICOM := data/dicom/phantom
 PHANTOM := data/datasets/phantom
 PORT ?= 8501
 
-.PHONY: run test install install-dev phantom chromium bench clean-venv
+.PHONY: run test install install-dev phantom chromium bench screenshots clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,13 +42,18 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian chromium for the browser test"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-	  || echo "warning: could not install chromium; the browser test will be skipped"; }
+	  || echo "warning: could not install chromium; the browser test will fail"; }
 
 test: $(VENV)/.installed-dev chromium
 	$(PY) -m pytest tests -p no:cacheprovider -q -ra
 
 bench: $(VENV)/.installed-dev
 	$(PY) -m ich bench --out bench.json
+
+# The README's screenshots: the app in chromium on the default phantom and its quick study.
+screenshots: $(VENV)/.installed-dev chromium phantom
+	@test -f data/studies/quick/study.json || $(PY) -m ich study --preset quick --out data/studies/quick
+	$(PY) tests/readme_screenshots.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -3,11 +3,12 @@
 Starts `streamlit run app.py` on a free port against a tiny phantom, launches a tiny weak-vs-strong
 study from the Train page, waits for it on the Runs page, then checks that the learning curve
 (Results), the slice-score strip and a heatmap (Inspect) appear. Screenshots of every page are saved
-to tests/screenshots/ (the README shows them).
+to the test's temporary folder (printed on failure); the README's come from tests/readme_screenshots.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -20,7 +21,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHOTS = REPO / "tests" / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -45,38 +45,47 @@ def app_url(tmp_path_factory, tiny_dataset):
     torch.manual_seed(0)
     save_encoder(root / "encoders" / "tiny-compact.pt", build_encoder("compact", in_channels=1, embed_dim=32, width=16),
                  {"windows": ["brain"], "input_size": 64})
-    port = free_port()
-    env = dict(os.environ, ICH_DATA=str(root), PYTHONUNBUFFERED="1")
-    log = open(root.parent / "streamlit.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                             "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--browser.gatherUsageStats", "false"], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline or proc.poll() is not None:
-                raise AssertionError("streamlit did not start: " + (root.parent / "streamlit.log").read_text()[-2000:])
-            time.sleep(0.5)
-        yield url, root
+        with serve_app(root, root.parent / "streamlit.log") as url:
+            yield url, root
+        print(f"browser-test screenshots: {root.parent / 'screenshots'}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
         from ich import jobs
 
         for job in jobs.list_jobs(root / "jobs.sqlite"):
             if job.state in ("queued", "running"):
                 jobs.cancel(root / "jobs.sqlite", job.id)
+
+
+@contextlib.contextmanager
+def serve_app(data: Path, log_path: Path):
+    """Run `streamlit run app.py` on a free 127.0.0.1 port with ICH_DATA=data; yields its URL once healthy."""
+    port = free_port()
+    env = dict(os.environ, ICH_DATA=str(data), PYTHONUNBUFFERED="1")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                                 "--server.port", str(port), "--server.address", "127.0.0.1",
+                                 "--browser.gatherUsageStats", "false"], cwd=REPO, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 60
+            while True:
+                try:
+                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                        break
+                except OSError:
+                    pass
+                if time.time() > deadline or proc.poll() is not None:
+                    raise AssertionError("streamlit did not start: " + log_path.read_text()[-2000:])
+                time.sleep(0.5)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +102,10 @@ def page(app_url):
         browser.close()
 
 
-def shot(page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+def shot(page, folder: Path, name: str) -> None:
+    """Save a full-page screenshot as ``folder/<name>.png``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
 
 
 def wait_idle(page) -> None:
@@ -108,15 +118,16 @@ def test_launch_a_study_and_inspect_it(app_url, page):
     from ich import jobs
 
     app_url, root = app_url
+    shots = root.parent / "screenshots"
     page.goto(app_url)
     page.get_by_text("Run the quick study").wait_for()
     page.get_by_text("Positive exams").wait_for()
-    shot(page, "home")
+    shot(page, shots, "home")
 
     page.goto(f"{app_url}/Data")
     page.get_by_text("Slice viewer").wait_for()
     wait_idle(page)
-    shot(page, "data")
+    shot(page, shots, "data")
 
     page.goto(f"{app_url}/Train")
     page.get_by_text("study grid (budgets x seeds)").click()
@@ -131,7 +142,7 @@ def test_launch_a_study_and_inspect_it(app_url, page):
     wait_idle(page)
     page.get_by_role("button", name="Launch").click()
     page.get_by_text("Follow it on the").wait_for()
-    shot(page, "train")
+    shot(page, shots, "train")
 
     page.goto(f"{app_url}/Runs")
     page.get_by_text("One job").wait_for()
@@ -141,18 +152,19 @@ def test_launch_a_study_and_inspect_it(app_url, page):
         page.wait_for_timeout(2000)
     assert job.state == "done", f"the study ended {job.state}: {job.error}"
     page.wait_for_timeout(3000)                                   # one more poll of the live table
-    shot(page, "runs")
+    shot(page, shots, "runs")
 
     page.goto(f"{app_url}/Results")
     page.get_by_text("Plan the cheapest labelling").wait_for()
     page.locator(".js-plotly-plot").first.wait_for()
     assert page.locator(".js-plotly-plot").count() >= 2          # learning curves (and the ROC)
     wait_idle(page)
-    shot(page, "results")
+    shot(page, shots, "results")
 
     page.goto(f"{app_url}/Inspect")
     page.get_by_text("heatmap (truth outlined in green)").wait_for()
-    assert page.locator(".js-plotly-plot").count() >= 1          # the slice-score strip
-    assert page.locator("[data-testid='stImage'] img").count() >= 3
+    page.locator(".js-plotly-plot").first.wait_for()            # the slice-score strip
+    page.locator("[data-testid='stImage'] img").nth(2).wait_for()  # slice, heatmap and truth images (rendered last)
     wait_idle(page)
-    shot(page, "inspect")
+    assert page.locator("[data-testid='stImage'] img").count() >= 3
+    shot(page, shots, "inspect")
