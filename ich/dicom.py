@@ -51,7 +51,7 @@ DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".ima"})
 # decoders in order of preference; python-gdcm is the project's default (data-formats.md §6)
 DECODER_PREFERENCE = ("gdcm", "pylibjpeg", "pyjpegls", "pillow", "pydicom")
 INSTALL_HINT = "pip install python-gdcm"
-_NATIVE_FAST = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+NATIVE_FAST = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)  # syntaxes whose pixels are read raw from the offset
 _POSITION_TOL_MM = 1e-3
 
 
@@ -120,6 +120,7 @@ class SliceHeader:
     window: tuple[float, float] | None               # first (center, width) of the window tags
     series_description: str
     pixel_offset: int | None = None   # byte offset of the PixelData element when it can be read directly
+                                      # (uncompressed little endian, or one encapsulated greyscale frame)
 
 
 @dataclass
@@ -309,8 +310,9 @@ def _header_from_dataset(path: str | os.PathLike, ds: DicomDataset, offset: int 
         if size < need:
             raise _corrupt(path, f"pixel data truncated: the file has {size} bytes, a {rows}x{cols} "
                                  f"{bits_allocated}-bit image needs at least {need}")
-    fast = (ts in _NATIVE_FAST and bits_allocated in (8, 16) and bits_stored <= bits_allocated and spp == 1
-            and n_frames == 1 and offset is not None and offset < size)
+    direct = spp == 1 and n_frames == 1 and offset is not None and offset < size
+    fast = direct and ((ts in NATIVE_FAST and bits_allocated in (8, 16) and bits_stored <= bits_allocated)
+                       or (UID(ts).is_compressed and ts != "1.2.840.10008.1.2.1.99"))
     wc, ww = _one(v["WindowCenter"]), _one(v["WindowWidth"])
     pid = _one(v["PatientID"], str) or ""
     slope, intercept = _one(v["RescaleSlope"]), _one(v["RescaleIntercept"])
@@ -646,6 +648,31 @@ def _read_fast(h: SliceHeader) -> np.ndarray:
     return _unpack(data, h.rows, h.cols, h.bits_allocated, h.bits_stored, h.pixel_representation)
 
 
+def _read_encapsulated(h: SliceHeader, decoder: str) -> np.ndarray | None:
+    """Decode one encapsulated greyscale frame from ``h.pixel_offset`` without parsing the header again.
+
+    The header scan already holds every pixel descriptor, so only the (7FE0,0010) fragments are read
+    and handed to pydicom's decoder (half the time of a second full ``dcmread`` for RLE). Returns None
+    when anything is unusual; the caller then reads the file fully, which gives pydicom's own errors.
+    """
+    from pydicom.pixels import get_decoder
+
+    try:
+        with open(h.path, "rb") as f:
+            f.seek(h.pixel_offset)
+            head = f.read(12)                     # tag, VR "OB", 2 reserved bytes, length (explicit VR LE)
+            if head[:4] != b"\xe0\x7f\x10\x00" or int.from_bytes(head[8:12], "little") != 0xFFFFFFFF:
+                return None
+            data = f.read()
+        arr, _ = get_decoder(UID(h.transfer_syntax)).as_array(
+            data, rows=h.rows, columns=h.cols, samples_per_pixel=1, bits_allocated=h.bits_allocated,
+            bits_stored=h.bits_stored, pixel_representation=h.pixel_representation,
+            photometric_interpretation="MONOCHROME2", number_of_frames=1, decoding_plugin=decoder)
+    except Exception:  # noqa: BLE001 - any surprise falls back to the full read and its message
+        return None
+    return arr if arr.shape == (h.rows, h.cols) else None
+
+
 def decode_file(path: str | os.PathLike, decoder: str | None = None) -> tuple[np.ndarray, DicomDataset, str]:
     """Read one file with pydicom and decode its stored pixel values (no rescale).
 
@@ -676,7 +703,7 @@ def _decode_file(path, decoder):
     ts = str(meta.get("TransferSyntaxUID") or ImplicitVRLittleEndian)
     if decoder is None:
         decoder = choose_decoder(ts, path)
-    arr = _native_array(ds) if (decoder == "native" and UID(ts) in _NATIVE_FAST) else None
+    arr = _native_array(ds) if (decoder == "native" and UID(ts) in NATIVE_FAST) else None
     if arr is None:
         from pydicom.pixels import get_decoder
 
@@ -721,7 +748,8 @@ def decode_series(headers: Sequence[SliceHeader], *, decoders: dict[str, str] | 
     """Decode the files of one sorted series to HU (runs inside import workers).
 
     Uncompressed little-endian files are read straight from the pixel offset found by the
-    header scan; everything else goes through pydicom and the chosen decoder.
+    header scan, single-frame compressed ones have their fragments decoded from there by the
+    chosen decoder; anything else (or anything unusual) goes through a full pydicom read.
 
     Args:
         headers: the slices, in order (from ``plan_series``).
@@ -740,8 +768,13 @@ def decode_series(headers: Sequence[SliceHeader], *, decoders: dict[str, str] | 
     with _lenient_reading():  # header values read below are validated lazily
         for i, h in enumerate(headers):
             try:
-                if h.pixel_offset is not None:
+                arr = None
+                if h.pixel_offset is not None and h.transfer_syntax in NATIVE_FAST:
                     arr, dec = _read_fast(h), "native"
+                elif h.pixel_offset is not None:
+                    dec = decoders.get(h.transfer_syntax) or choose_decoder(h.transfer_syntax, h.path)
+                    arr = _read_encapsulated(h, dec)
+                if arr is not None:
                     slope, intercept = h.slope, h.intercept
                     bits_stored, rep = h.bits_stored, h.pixel_representation
                 else:

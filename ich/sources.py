@@ -228,7 +228,7 @@ def _write_dicom_exams(writer: DatasetWriter, exams: list[DicomExam], report: Im
         series_dec = {ts: decoders[ts] for ts in e.plan.transfer_syntaxes}
         tasks.append((e.plan.headers, series_dec, writer.size, on_error, True))
     total, done = len(all_headers), 0
-    compressed = sum(h.pixel_offset is None for h in all_headers)
+    compressed = sum(h.pixel_offset is None or h.transfer_syntax not in dicom.NATIVE_FAST for h in all_headers)
     resized = sum((h.rows, h.cols) != (writer.size, writer.size) for h in all_headers)
     heavy = compressed >= PARALLEL_MIN_COMPRESSED or resized >= PARALLEL_MIN_FILES
     mapper = pool if heavy else dicom.WorkerPool(1)

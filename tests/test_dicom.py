@@ -121,11 +121,16 @@ def test_header_fields_match_pydicom_for_every_encoding(tmp_path, series):
         assert h.bits_stored == ds.BitsStored and h.pixel_representation == ds.PixelRepresentation
         assert h.intercept == float(ds.get("RescaleIntercept", 0)) and h.slope == float(ds.get("RescaleSlope", 1))
         assert h.instance_number == (int(ds.InstanceNumber) if "InstanceNumber" in ds else None)
-        # direct pixel reads only for uncompressed little endian; they equal pydicom's array
-        assert (h.pixel_offset is not None) == (f in (files[0], implicit))
+        # direct pixel reads for uncompressed little endian and one encapsulated frame; they equal pydicom's array
         assert h.n_frames == int(ds.get("NumberOfFrames", 1))
+        assert (h.pixel_offset is not None) == (f in (files[0], implicit) or (f == files[3] and h.n_frames == 1))
         if h.n_frames == 1:
-            arr = icd._read_fast(h) if h.pixel_offset is not None else icd.decode_file(f)[0]
+            if h.pixel_offset is None:
+                arr = icd.decode_file(f)[0]
+            elif h.transfer_syntax in icd.NATIVE_FAST:
+                arr = icd._read_fast(h)
+            else:
+                arr = icd._read_encapsulated(h, icd.choose_decoder(h.transfer_syntax))
             np.testing.assert_array_equal(arr, ds.pixel_array)
 
 
@@ -327,3 +332,18 @@ def test_on_error_must_be_a_known_mode(series):
 def test_workers_must_be_positive():
     with pytest.raises(ValueError, match="workers must be a positive integer"):
         icd.WorkerPool(0)
+
+
+def test_encapsulated_frames_are_decoded_from_the_offset_and_damage_still_names_the_file(tmp_path):
+    """RLE: the direct read (no second header parse) equals pydicom's array; a file cut inside its
+    fragments falls back to the full read, whose error names the file."""
+    src = Path(get_testdata_file("MR_small_RLE.dcm"))
+    h = icd.read_slice_header(src)
+    assert h.pixel_offset is not None and h.transfer_syntax == pydicom.uid.RLELossless
+    decoded = icd.decode_series([h], size=None)
+    np.testing.assert_array_equal(decoded.hu, pydicom.dcmread(src).pixel_array[None].astype(decoded.hu.dtype))
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(src.read_bytes()[: h.pixel_offset + 200])
+    assert icd._read_encapsulated(icd.read_slice_header(cut), "pydicom") is None
+    with pytest.raises(icd.DicomError, match="cut.dcm"):
+        icd.decode_series([icd.read_slice_header(cut)], size=None)
