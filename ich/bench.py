@@ -447,7 +447,7 @@ def bench_inference(ctx: BenchContext) -> dict:
         score_t, cam_t, fast_t = [], [], []
 
         def score():
-            return explain_exam(model, x)
+            return explain_exam(model, x, precision=precision)
 
         def cam():
             return explain_slices(model, x, method="gradcam")
@@ -463,9 +463,9 @@ def bench_inference(ctx: BenchContext) -> dict:
         fast_t = _timed(fast_score, ctx.repeats)
         total = np.array(score_t) + np.array(cam_t)
         where = f"{name}, {n_slices} slices at {size}px, {ctx.threads} threads"
-        figs[f"{name}_total"] = figure(total, "s", note=f"explain_exam + Grad-CAM of every slice (fp32); {where}")
-        figs[f"{name}_score"] = figure(score_t, "s", note="explain_exam: exam logit, attention, slice logits, "
-                                                          "slice ablation (fp32, autocast off)")
+        figs[f"{name}_total"] = figure(total, "s", note=f"explain_exam + Grad-CAM of every slice; {where}")
+        figs[f"{name}_score"] = figure(score_t, "s", note=f"explain_exam: exam logit, attention, slice logits, "
+                                                          f"slice ablation (encoder in {precision}, as predict)")
         figs[f"{name}_gradcam"] = figure(cam_t, "s", note="explain_slices(method='gradcam'), batch 16 (fp32)")
         figs[f"{name}_score_{precision}"] = figure(fast_t, "s", note=f"model forward only, {precision} autocast "
                                                                      "(the predict path)")
@@ -478,7 +478,7 @@ def bench_inference(ctx: BenchContext) -> dict:
     if ctx.profile and _unmet(goals):
         m = models["resnet18"]
         result["profile"] = {"resnet18_score_and_gradcam": torch_profile(
-            lambda: (explain_exam(m, x), explain_slices(m, x, method="gradcam")))}
+            lambda: (explain_exam(m, x, precision=precision), explain_slices(m, x, method="gradcam")))}
     return result
 
 

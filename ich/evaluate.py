@@ -595,7 +595,7 @@ def explain_run_exam(run: str | os.PathLike, exam_id: str, *, dataset: str | os.
         ``slice_logits``, ``slice_prob``, ``ablation``.
     """
     from ich.explain import explain_exam, explain_slices, resize_maps, score_map
-    from ich.predict import resolve_device
+    from ich.predict import resolve_device, resolve_precision
     from ich.preprocess import resize
     from ich.store import open_dataset
 
@@ -608,8 +608,9 @@ def explain_run_exam(run: str | os.PathLike, exam_id: str, *, dataset: str | os.
         raise ValueError(f"slices must be positions 0..{S - 1} of exam {exam_id}, got {idx.tolist()}")
     if target == "exam" and slices is not None:
         raise ValueError("target='exam' explains the whole bag; leave out --slices")
-    model = runs.load_model(run, resolve_device(device))
-    exam = explain_exam(model, x)
+    device = resolve_device(device)
+    model = runs.load_model(run, device)
+    exam = explain_exam(model, x, precision=resolve_precision(cfg.train.precision, device))   # as predict scores
     maps, delta = explain_slices(model, _take(x, idx), method=method, target=target, batch_size=batch_size,
                                  n_steps=n_steps, internal_batch_size=internal_batch_size, seed=seed,
                                  return_delta=True)

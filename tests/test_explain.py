@@ -325,3 +325,14 @@ def test_bad_batch_size():
 def test_bag_with_two_exams_is_refused():
     with pytest.raises(ValueError, match="one exam"):
         slice_ablation(toy_model(), torch.rand(2, 3, 1, SIZE, SIZE))
+
+
+def test_explain_exam_in_bf16_matches_fp32():
+    """The encoder pass may run in bf16 as predict does; pooling, head and ablation stay float32."""
+    model = toy_model()
+    x = toy_slices(4, lesion_slices=(2,))
+    a, b = explain_exam(model, x), explain_exam(model, x, precision="bf16")
+    assert b["exam_logit"] == pytest.approx(a["exam_logit"], rel=0.02, abs=0.05)
+    for key in ("attention", "slice_logits", "ablation"):
+        assert b[key].dtype == np.float32
+        np.testing.assert_allclose(b[key], a[key], rtol=0.02, atol=0.05)
