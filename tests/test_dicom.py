@@ -334,6 +334,7 @@ def test_workers_must_be_positive():
         icd.WorkerPool(0)
 
 
+@pytest.mark.filterwarnings("ignore:End of file reached before delimiter")
 def test_encapsulated_frames_are_decoded_from_the_offset_and_damage_still_names_the_file(tmp_path):
     """RLE: the direct read (no second header parse) equals pydicom's array; a file cut inside its
     fragments falls back to the full read, whose error names the file."""
