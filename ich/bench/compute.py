@@ -1,0 +1,255 @@
+"""Model benchmarks: training rate against the machine's matmul roofline, the MONAI peer race, one exam's inference."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ich.bench.core import BenchContext, timed, unmet, package_version, figure, goal, torch_profile
+
+
+MONAI_HINT = "install requirements-bench.txt (MONAI) to run the MONAI MILModel peer"
+
+
+# ------------------------------------------------------------------------------ 1. roofline
+def bench_roofline(ctx: BenchContext) -> dict:
+    """Matrix-multiply FLOP rate (bf16, fp32) and each encoder's training FLOP rate as a share of it."""
+    import torch
+
+    from ich.predict import resolve_precision
+    from ich.train import encoder_throughput, matmul_flops
+
+    precision = resolve_precision("auto", torch.device("cpu"))
+    limit_dtype = "bf16" if precision == "bf16" else "fp32"
+    n = 256 if ctx.quick else 2048
+    mm_s = 0.1 if ctx.quick else 1.0
+    enc_s = 0.05 if ctx.quick else 2.0
+    encoders = {  # name -> (encoder, input px, batch, goal)
+        "compact": ("compact", 32 if ctx.quick else 128, 4 if ctx.quick else 64, 0.5),
+        "resnet18": ("resnet18", 32 if ctx.quick else 256, 2 if ctx.quick else 16, 0.7),
+    }
+    mm = {"bf16": [], "fp32": []}
+    rates = {k: [] for k in encoders}
+    flop_per_slice = {}
+    matmul_flops(torch.bfloat16, n=n, seconds=mm_s / 2)   # warm-up (oneDNN primitives)
+    for r in range(ctx.repeats):
+        ctx.say(f"repeat {r + 1}/{ctx.repeats}")
+        mm["bf16"].append(matmul_flops(torch.bfloat16, n=n, seconds=mm_s))
+        mm["fp32"].append(matmul_flops(torch.float32, n=n, seconds=mm_s))
+        for key, (name, size, batch, _) in encoders.items():
+            out = encoder_throughput(name, input_size=size, batch=batch, precision=precision, seconds=enc_s)
+            rates[key].append(out["flop_per_s"])
+            flop_per_slice[key] = out["flop_per_slice"]
+    figs = {"matmul_bf16": figure(np.array(mm["bf16"]) / 1e9, "GFLOP/s", note=f"{n}x{n} matmul"),
+            "matmul_fp32": figure(np.array(mm["fp32"]) / 1e9, "GFLOP/s", note=f"{n}x{n} matmul")}
+    goals = []
+    for key, (name, size, batch, target) in encoders.items():
+        figs[f"{key}_train"] = figure(np.array(rates[key]) / 1e9, "GFLOP/s",
+                                      note=f"{name} at {size}px, batch {batch}, {precision}, forward+backward+AdamW; "
+                                           f"{flop_per_slice[key] / 1e9:.3g} GFLOP/slice")
+        figs[f"{key}_ratio"] = figure(np.array(rates[key]) / np.array(mm[limit_dtype]), "x limit",
+                                      note=f"training FLOP rate / {limit_dtype} matmul rate, per repeat")
+        goals.append(goal(figs, f"{key}_ratio", ">=", target, text=f"≥ {target:g} of the {limit_dtype} matmul rate"))
+    result = {"title": "Roofline: matmul limit and encoder training FLOP rate", "figures": figs, "goals": goals,
+              "params": {"precision": precision, "matmul_n": n, "limit": limit_dtype, "encoders": {
+                  k: {"encoder": v[0], "input_size": v[1], "batch": v[2]} for k, v in encoders.items()}}}
+    if ctx.profile and unmet(goals):
+        result["profile"] = {f"{k}_train_step": _profile_encoder_step(*encoders[k][:3], precision)
+                             for k, g in zip(encoders, goals) if g["met"] is False}
+    return result
+
+
+def _profile_encoder_step(name: str, size: int, batch: int, precision: str) -> list[dict]:
+    """torch.profiler table of two training steps of an encoder (after two warm-up steps)."""
+    from ich.train import encoder_train_step
+
+    step = encoder_train_step(name, input_size=size, batch=batch, precision=precision)
+    step()
+    step()
+    return torch_profile(lambda: (step(), step()))
+
+
+# ------------------------------------------------------------------------------ 2. peer race
+def _bag(lengths: list[int], size: int, seed: int = 0):
+    """A padded bag batch: x (B, S, 1, size, size) in [0, 1], mask (B, S), labels (B,)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    B, S = len(lengths), max(lengths)
+    x = torch.rand(B, S, 1, size, size, generator=g)
+    mask = torch.zeros(B, S, dtype=torch.bool)
+    for b, k in enumerate(lengths):
+        mask[b, :k] = True
+    x = x * mask[:, :, None, None, None]                                     # padding holds zeros
+    y = torch.tensor([float(b % 2) for b in range(B)])
+    return x, mask, y
+
+
+def bench_peer_race(ctx: BenchContext) -> dict:
+    """One weak-learner step: ours vs MONAI ``MILModel`` (same backbone, bag and dtype rules) vs the
+    reference recipe (fp32, eager, one exam per step)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ich.config import make_config
+    from ich.models import build_encoder, build_model
+    from ich.predict import autocast, resolve_precision
+    from ich.train import focal_loss, make_loss, make_optimizer
+
+    cpu = torch.device("cpu")
+    precision = resolve_precision("auto", cpu)
+    if ctx.quick:
+        size, lengths, overrides = 32, [4, 6], {"model.width": 8, "model.embed_dim": 16, "model.attention_dim": 8}
+    else:
+        from ich.store import open_dataset
+
+        ds = open_dataset(ctx.store())
+        train = ds.exams[ds.exams["split"] == "train"]
+        size, lengths, overrides = int(ds.size), [int(k) for k in train["n_slices"].head(4)], {}
+    cfg = make_config("", overrides=overrides)              # the default weak learner (compact, bf16 where native)
+    D = cfg.model.embed_dim
+    x, mask, y = _bag(lengths, size)
+
+    def ours_factory():
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        if precision == "bf16":
+            model.to(memory_format=torch.channels_last)
+            model.channels_last = True
+        model.train()
+        opt, loss_fn = make_optimizer(cfg, model.parameters()), make_loss(cfg, "exam")
+
+        def step():
+            with autocast(cpu, precision):
+                loss = loss_fn(model(x, mask).logit, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+
+    def reference_factory():
+        torch.manual_seed(0)
+        model = build_model(cfg).train()                    # fp32, contiguous, eager
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+
+        def step():
+            for b, k in enumerate(lengths):                 # one exam per step, no padding
+                loss = focal_loss(model(x[b:b + 1, :k]).logit, y[b:b + 1], alpha=0.6)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        return step
+
+    monai_factory, skipped = None, None
+    try:
+        from monai.networks.nets import MILModel as MonaiMIL
+    except ImportError:
+        skipped = MONAI_HINT
+    else:
+        def monai_factory():
+            torch.manual_seed(0)
+            backbone = build_encoder(cfg.model.encoder, in_channels=cfg.in_channels, embed_dim=D,
+                                     width=cfg.model.width)
+            model = MonaiMIL(num_classes=1, mil_mode="att", pretrained=False, backbone=backbone,
+                             backbone_num_features=D)
+            if precision == "bf16":
+                model.to(memory_format=torch.channels_last)
+            model.train()
+            opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+            def step():
+                with autocast(cpu, precision):
+                    z = model(x).squeeze(-1)                # (B,): every padded slot is encoded too
+                    loss = F.binary_cross_entropy_with_logits(z.float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            return step
+
+    steps = {"ours": ours_factory(), "reference": reference_factory()}
+    if monai_factory is not None:
+        steps["monai"] = monai_factory()
+    for fn in steps.values():
+        fn()                                                 # warm-up: oneDNN primitives, optimiser state
+    times = {k: [] for k in steps}
+    for r in range(ctx.repeats):
+        ctx.say(f"repeat {r + 1}/{ctx.repeats}")
+        for k, fn in steps.items():
+            times[k].append(timed(fn, 1, warmup=0)[0])
+    t = {k: np.array(v) for k, v in times.items()}
+    slices = int(sum(lengths))
+    figs = {"ours_step": figure(t["ours"], "s", note=f"{len(lengths)} exams ({lengths} slices, padded to "
+                                                     f"{max(lengths)}) at {size}px, {precision}"),
+            "reference_step": figure(t["reference"], "s", note="same exams, fp32 contiguous, SGD, one exam per step"),
+            "ours_slices_per_s": figure(slices / t["ours"], "slices/s"),
+            "reference_ratio": figure(t["reference"] / t["ours"], "x", note="reference time / our time, per repeat")}
+    if "monai" in t:
+        figs["monai_step"] = figure(t["monai"], "s", note="MONAI MILModel(mil_mode='att'), same backbone and bag")
+        figs["monai_ratio"] = figure(t["monai"] / t["ours"], "x", note="MONAI time / our time, per repeat")
+    goals = [goal(figs, "monai_ratio", ">=", 1.5, text="≥ 1.5x faster than MONAI MILModel", skipped=skipped)]
+    result = {"title": "Peer race: one weak-learner training step", "figures": figs, "goals": goals,
+              "params": {"precision": precision, "bag_lengths": lengths, "input_size": size,
+                         "padded_share": round(1 - slices / (len(lengths) * max(lengths)), 3),
+                         "encoder": cfg.model.encoder, "embed_dim": D, "monai": package_version("monai")}}
+    if skipped:
+        result["notes"] = [f"monai_ratio skipped: {skipped}"]
+    if ctx.profile and unmet(goals):
+        result["profile"] = {k: torch_profile(steps[k]) for k in ("ours", "monai") if k in steps}
+    return result
+
+
+# ------------------------------------------------------------------------------ 3. inference
+def bench_inference(ctx: BenchContext) -> dict:
+    """One exam: exam score + attention + slice ablation (``explain_exam``) and Grad-CAM of every slice."""
+    import torch
+
+    from ich.config import ModelConfig
+    from ich.explain import explain_exam, explain_slices
+    from ich.models import build_model
+    from ich.predict import autocast, resolve_precision
+
+    precision = resolve_precision("auto", torch.device("cpu"))
+    n_slices, size = (8, 32) if ctx.quick else (40, 256)
+    x = torch.rand(n_slices, 1, size, size, generator=torch.Generator().manual_seed(0))   # (S, C, H, W)
+    figs, goals, models = {}, [], {}
+    targets = {"compact": (None, 1.0), "resnet18": (2.0, 3.0)}   # (total goal, Grad-CAM goal) in s
+    for name in ("compact", "resnet18"):
+        ctx.say(name)
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(encoder=name)).eval()
+        models[name] = model
+        score_t, cam_t, fast_t = [], [], []
+
+        def score():
+            return explain_exam(model, x, precision=precision)
+
+        def cam():
+            return explain_slices(model, x, method="gradcam")
+
+        def fast_score():                                   # the predict path: bf16 + channels_last
+            with torch.no_grad(), autocast(torch.device("cpu"), precision):
+                return model(x.unsqueeze(0).contiguous())
+
+        score(), cam()                                       # warm-up
+        for _ in range(ctx.repeats):
+            score_t += timed(score, 1, warmup=0)
+            cam_t += timed(cam, 1, warmup=0)
+        fast_t = timed(fast_score, ctx.repeats)
+        total = np.array(score_t) + np.array(cam_t)
+        where = f"{name}, {n_slices} slices at {size}px, {ctx.threads} threads"
+        figs[f"{name}_total"] = figure(total, "s", note=f"explain_exam + Grad-CAM of every slice; {where}")
+        figs[f"{name}_score"] = figure(score_t, "s", note=f"explain_exam: exam logit, attention, slice logits, "
+                                                          f"slice ablation (encoder in {precision}, as predict)")
+        figs[f"{name}_gradcam"] = figure(cam_t, "s", note="explain_slices(method='gradcam'), batch 16 (fp32)")
+        figs[f"{name}_score_{precision}"] = figure(fast_t, "s", note=f"model forward only, {precision} autocast "
+                                                                     "(the predict path)")
+        total_goal, cam_goal = targets[name]
+        if total_goal is not None:
+            goals.append(goal(figs, f"{name}_total", "<=", total_goal, text=f"≤ {total_goal:g} s on 2 cores"))
+        goals.append(goal(figs, f"{name}_gradcam", "<=", cam_goal, text=f"≤ {cam_goal:g} s"))
+    result = {"title": f"Inference and explanation of one {n_slices}-slice exam", "figures": figs, "goals": goals,
+              "params": {"slices": n_slices, "input_size": size, "threads": ctx.threads, "precision": precision}}
+    if ctx.profile and unmet(goals):
+        m = models["resnet18"]
+        result["profile"] = {"resnet18_score_and_gradcam": torch_profile(
+            lambda: (explain_exam(m, x, precision=precision), explain_slices(m, x, method="gradcam")))}
+    return result
