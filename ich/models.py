@@ -316,7 +316,8 @@ class MILModel(nn.Module):
             return self.head(self.embedding_dropout(self.norm(e.float()))).squeeze(-1)
 
 
-def build_model(cfg: RunConfig | ModelConfig, *, in_channels: int | None = None, load_init: bool = True) -> MILModel:
+def build_model(cfg: RunConfig | ModelConfig, *, in_channels: int | None = None, load_init: bool = True,
+                encoder_config: dict | None = None) -> MILModel:
     """Build the ``MILModel`` a config describes, with the encoder initialised and frozen per ``init``/``finetune``.
 
     Args:
@@ -324,6 +325,8 @@ def build_model(cfg: RunConfig | ModelConfig, *, in_channels: int | None = None,
         in_channels: C, when ``cfg`` is a ModelConfig (default 1).
         load_init: read the ``init`` file (encoder or ImageNet weights); False builds random weights
             (use when a checkpoint will overwrite them anyway).
+        encoder_config: the encoder's own ``config`` as a run checkpoint recorded it; its
+            architecture options (e.g. the compact ``pool``) are used when the init file is not read.
 
     Raises:
         FileNotFoundError / ValueError: the init file is missing, or does not match the config.
@@ -334,7 +337,8 @@ def build_model(cfg: RunConfig | ModelConfig, *, in_channels: int | None = None,
         mc, in_channels = cfg, in_channels or 1
     else:
         raise ValueError(f"build_model needs a RunConfig or ModelConfig, not {type(cfg).__name__}")
-    encoder = build_encoder(mc.encoder, in_channels=in_channels, embed_dim=mc.embed_dim, width=mc.width)
+    options = {k: v for k, v in (encoder_config or {}).items() if k not in ("in_channels", "embed_dim", "width")}
+    encoder = build_encoder(mc.encoder, in_channels=in_channels, embed_dim=mc.embed_dim, width=mc.width, **options)
     if load_init and mc.init_kind == "imagenet":
         load_imagenet_resnet18(mc.init_path, encoder)
     elif load_init and mc.init_kind == "encoder":

@@ -9,7 +9,8 @@ Layout of ``<runs root>/<run name>/``::
     labels.parquet       the labels the budget bought (kind exam | slice, exam_id, index)
     checkpoint.pt        {"kind": "ich-run", "config", "model" (best weights), "epoch", "best",
                           "last": {weights, optimiser, scheduler, ...} while the run can resume,
-                          "encoder_ref": frozen-encoder file + checksum on the fast path}
+                          "encoder_ref": frozen-encoder file + checksum on the fast path,
+                          "encoder_config": the encoder's architecture options, e.g. its pooling}
     predictions.parquet  test split, one row per slice: exam_id, index, split, exam_score,
                          exam_label, slice_score, attention, slice_label
     metrics.json         evaluation of the test split (``ich.evaluate.evaluate_run``); another
@@ -208,7 +209,7 @@ def load_model(run: str | os.PathLike, device: str | torch.device = "cpu"):
     ckpt = load_checkpoint(run)
     cfg = RunConfig.from_dict(ckpt["config"])
     ref = ckpt.get("encoder_ref")
-    model = build_model(cfg, load_init=ref is not None)
+    model = build_model(cfg, load_init=ref is not None, encoder_config=ckpt.get("encoder_config"))
     if ref is not None:
         have = state_checksum(model.encoder)
         if have != ref["checksum"]:

@@ -426,6 +426,7 @@ class _Trainer:
     def _save(self, epoch: int, best: dict, bad: int, elapsed: float, final: bool) -> None:
         payload = {"config": self.cfg.to_dict(), "epoch": epoch, "model": best["state"],
                    "best": {k: v for k, v in best.items() if k != "state"}, "encoder_ref": self.encoder_ref,
+                   "encoder_config": dict(self.model.encoder.config),
                    "criterion": self.criterion}
         if not final:
             payload["last"] = {"model": self._trainable_state(), "optimizer": self.opt.state_dict(),

@@ -193,6 +193,24 @@ def test_fast_path_and_full_finetuning_write_the_same_run_folder(easy, tmp_path)
         assert 0.0 <= score <= 1.0
 
 
+def test_a_run_reloads_with_its_encoders_own_architecture(easy, tmp_path):
+    """Fine-tuned from a mean-pooled encoder file (not the default pooling), the run still reloads without it."""
+    from ich.predict import predict_volume
+    from ich.store import open_dataset
+
+    torch.manual_seed(0)
+    enc = build_encoder("compact", in_channels=1, embed_dim=32, width=16, pool="mean")
+    path = save_encoder(tmp_path / "enc.pt", enc, {"windows": ["brain"], "input_size": 64})
+    fit(tiny(easy, budget=8, overrides={"model.init": str(path), "model.finetune": "all", "train.epochs": 1}),
+        tmp_path / "run")
+    path.unlink()                                             # a full fine-tune run does not need the file
+    assert runs.load_model(tmp_path / "run").encoder.pool == "mean"
+    exams, _ = runs.read_predictions(tmp_path / "run")
+    hu, _ = open_dataset(easy).load(exams.exam_id.iloc[0])
+    score, _ = predict_volume(tmp_path / "run", hu, device="cpu")
+    assert score == pytest.approx(float(exams.exam_score.iloc[0]), abs=1e-3)
+
+
 def test_fast_path_refuses_a_mismatched_encoder(easy, tmp_path):
     enc = build_encoder("compact", in_channels=1, embed_dim=32, width=16)
     path = save_encoder(tmp_path / "enc.pt", enc, {"windows": ["brain"], "input_size": 32})
