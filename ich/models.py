@@ -9,7 +9,8 @@ Axis legend (every shape comment in ``ich`` uses it):
     H, W  slice height and width in pixels
     D     slice-embedding size (``ModelConfig.embed_dim``)
 
-``MILModel = encoder + pooling + head``. ``embed`` maps slices to embeddings, ``pool`` turns
+``MILModel = encoder + norm + pooling + head``. ``embed`` maps slices to embeddings, ``norm``
+standardises them (identity unless fitted; the fast path fits it), ``pool`` turns
 an exam's embeddings into one vector and per-slice weights, and ``head`` (one linear layer)
 scores the pooled vector (exam logit) and each slice embedding (slice logits). The model
 returns logits; apply ``torch.sigmoid`` for probabilities. Registries ``ENCODERS`` and
@@ -252,7 +253,7 @@ class Standardize(nn.Module):
 
 
 class MILModel(nn.Module):
-    """Encoder + pooling + linear head; see the module docstring for the axes.
+    """Encoder + standardisation + pooling + linear head; see the module docstring for the axes.
 
     Args:
         encoder: (N, C, H, W) -> (N, D).
