@@ -79,6 +79,33 @@ def _check_number(name: str, value, *, lo=None, hi=None, integer=False, allow_no
         raise ValueError(f"{name} must be <= {hi}, not {value!r}")
 
 
+class JsonConfig:
+    """The JSON round trip every frozen config shares: ``to_json`` / ``from_json`` around the class's
+    ``to_dict`` / ``from_dict``; ``json_what`` names the config in error messages."""
+
+    json_what = "config"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str):
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{cls.json_what} is not valid JSON: {err}") from err
+        return cls.from_dict(d)
+
+    @classmethod
+    def check_mapping(cls, d) -> None:
+        """Raise unless ``d`` is a JSON object (a ``from_dict`` input)."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"a {cls.json_what} must be a JSON object, not {type(d).__name__}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which dataset, and how slices are turned into network input."""
@@ -222,7 +249,7 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(JsonConfig):
     """One training run: data + model + train + seed (the seed drives the budget subset and the init)."""
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -230,6 +257,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0                           # budget subset, initialisation, data order, dropout
     preset: str = "default"                 # the preset this config started from (informational)
+
+    json_what = "run config"
 
     def __post_init__(self):
         for name, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)):
@@ -249,17 +278,10 @@ class RunConfig:
         return len(self.data.windows)
 
     # ------------------------------------------------------------------ serialisation
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
         """Build from a (possibly partial) nested dict; unknown keys raise with a did-you-mean hint."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"a run config must be a JSON object, not {type(d).__name__}")
+        cls.check_mapping(d)
         reject_unknown_keys(d, cls)
         parts = {}
         for name, sub in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)):
@@ -270,13 +292,6 @@ class RunConfig:
             parts[name] = sub(**section)
         return cls(**parts, **{k: d[k] for k in ("seed", "preset") if k in d})
 
-    @classmethod
-    def from_json(cls, text: str) -> "RunConfig":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"run config is not valid JSON: {err}") from err
-        return cls.from_dict(d)
 
 
 def reject_unknown_keys(d: Mapping, cls, *, what: str = "config", prefix: str = "") -> None:

@@ -70,7 +70,6 @@ written after every epoch; the encoder file is written (atomically) after the la
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -84,7 +83,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ich.config import ENCODER_NAMES, WINDOW_NAMES, _check_number, check_choice, reject_unknown_keys
+from ich.config import ENCODER_NAMES, WINDOW_NAMES, JsonConfig, _check_number, check_choice, reject_unknown_keys
 from ich.labels import WINDOWS
 from ich.models import build_encoder, save_encoder, state_checksum
 from ich.preprocess import resize
@@ -101,8 +100,10 @@ TISSUE_HU = (-100.0, 150.0)   # soft tissue, brain and blood: where local crops 
 
 # ------------------------------------------------------------------------------ config
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(JsonConfig):
     """How to pretrain a slice encoder without labels (see the module docstring for the methods)."""
+
+    json_what = "pretrain config"
 
     method: str = "local"                     # METHODS: local | patch | simclr | masked
     encoder: str = "compact"                  # compact (CPU CNN) | resnet18
@@ -191,24 +192,12 @@ class PretrainConfig:
         """A JSON-ready dict (tuples become lists)."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "PretrainConfig":
         """Build from a (possibly partial) dict; unknown keys raise with a did-you-mean hint."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"a pretrain config must be a JSON object, not {type(d).__name__}")
-        reject_unknown_keys(d, cls, what="pretrain config")
+        cls.check_mapping(d)
+        reject_unknown_keys(d, cls, what=cls.json_what)
         return cls(**d)
-
-    @classmethod
-    def from_json(cls, text: str) -> "PretrainConfig":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"pretrain config is not valid JSON: {err}") from err
-        return cls.from_dict(d)
 
 
 def state_path(out: str | os.PathLike) -> Path:

@@ -139,9 +139,10 @@ def append_metrics(run: str | os.PathLike, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def read_metrics(run: str | os.PathLike) -> pd.DataFrame:
-    """One row per epoch (empty frame before the first epoch); a torn last line is ignored."""
-    p = Path(run) / METRICS_FILE
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a JSON-lines file that another process may be appending to ([] when absent);
+    a torn (half-written) line is skipped."""
+    p = Path(path)
     rows = []
     if p.is_file():
         for line in p.read_text().splitlines():
@@ -149,7 +150,12 @@ def read_metrics(run: str | os.PathLike) -> pd.DataFrame:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
-    return pd.DataFrame(rows)
+    return rows
+
+
+def read_metrics(run: str | os.PathLike) -> pd.DataFrame:
+    """One row per epoch (empty frame before the first epoch); a torn last line is ignored."""
+    return pd.DataFrame(read_jsonl(Path(run) / METRICS_FILE))
 
 
 def truncate_metrics(run: str | os.PathLike, last_epoch: int) -> None:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ich.config import SUPERVISIONS, _check_number, check_choice, reject_unknown_keys
+from ich.config import SUPERVISIONS, JsonConfig, _check_number, check_choice, reject_unknown_keys
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -89,8 +89,10 @@ def _as_tuple(name: str, value, kind) -> tuple:
 
 # ------------------------------------------------------------------------------ spec
 @dataclass(frozen=True)
-class StudyConfig:
+class StudyConfig(JsonConfig):
     """A label-budget study: every cell is one run of ``preset`` + ``overrides`` at (arm, budget, seed)."""
+
+    json_what = "study config"
 
     dataset: str = ""                                  # dataset folder (ich.store)
     supervisions: tuple[str, ...] = ("weak", "strong") # arms: weak (exam labels) | strong (slices) | mixed
@@ -167,24 +169,12 @@ class StudyConfig:
             d[k] = list(d[k])
         return d
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "StudyConfig":
         """Build from a (possibly partial) dict; unknown keys raise with a did-you-mean hint."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"a study config must be a JSON object, not {type(d).__name__}")
-        reject_unknown_keys(d, cls, what="study")
+        cls.check_mapping(d)
+        reject_unknown_keys(d, cls, what=cls.json_what)
         return cls(**d)
-
-    @classmethod
-    def from_json(cls, text: str) -> "StudyConfig":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"study spec is not valid JSON: {err}") from err
-        return cls.from_dict(d)
 
 
 def _freeze(v):
@@ -535,15 +525,9 @@ def _append_event(study: Path, event: dict) -> None:
 
 def read_events(study: str | os.PathLike) -> list[dict]:
     """The cell events of cells.jsonl (a torn last line is ignored)."""
-    p = Path(study) / EVENTS_FILE
-    out = []
-    if p.is_file():
-        for line in p.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
+    from ich.runs import read_jsonl
+
+    return read_jsonl(Path(study) / EVENTS_FILE)
 
 
 # ------------------------------------------------------------------------------ one cell (runs in a worker)

@@ -209,11 +209,11 @@ class _Trainer:
             on_progress=lambda e: self._report({**e, "progress": 0.0}))
         self.encoder_ref = {"path": str(Path(cfg.model.init_path).resolve()),
                             "checksum": state_checksum(self.model.encoder)}
-        # standardise the head's inputs with statistics of every training-split slice (no label is read)
+        # standardise the head's inputs with statistics of every training-split slice (no label is read;
+        # select_labels has already refused a dataset without training exams)
         train_ids = self.dataset.exams.loc[self.dataset.exams["split"] == "train", "exam_id"]
-        rows = np.concatenate([np.arange(*self.rows[e]) for e in train_ids if e in self.rows]
-                              or [np.arange(len(self.embeddings))])
-        self.model.norm.fit_stats(torch.from_numpy(np.asarray(self.embeddings[np.sort(rows)], dtype=np.float32)))
+        rows = np.sort(np.concatenate([np.arange(*self.rows[e]) for e in train_ids if e in self.rows]))
+        self.model.norm.fit_stats(torch.from_numpy(np.asarray(self.embeddings[rows], dtype=np.float32)))
 
     def _setup_data(self) -> None:
         cfg, t, ds, sub = self.cfg, self.cfg.train, self.dataset, self.subset
