@@ -4,8 +4,9 @@ import time
 
 import streamlit as st
 
-from ich import jobs, paths
+from ich import jobs, paths, recipe
 from ich.store import list_datasets, open_dataset
+from ich.study import make_study
 
 st.set_page_config(page_title="ICH label-budget lab", page_icon="🧠", layout="wide")
 st.title("ICH label-budget lab")
@@ -44,8 +45,8 @@ st.write("Weak vs strong supervision at five label budgets with three seeds each
          "curves arrives within about a minute; the full study takes a few minutes on a laptop CPU.")
 if st.button("Run the quick study", type="primary"):
     out = paths.studies_dir() / f"quick-{time.strftime('%Y%m%d-%H%M%S')}"
-    job = jobs.submit(paths.jobs_db(), ["study", "--preset", "quick", "--dataset", chosen, "--out", str(out)],
-                      kind="study", out_dir=out, title=f"quick study on {names[chosen]}")
+    argv = recipe.study_argv(make_study("quick", dataset=chosen), out)   # the same recipe as every other launch
+    job = jobs.submit(paths.jobs_db(), argv, kind="study", out_dir=out, title=f"quick study on {names[chosen]}")
     st.session_state["results_study"] = str(out)
     st.session_state["runs_last_job"] = job.id
     st.switch_page("pages/4_Results.py")

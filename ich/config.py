@@ -48,6 +48,7 @@ LOSSES = ("focal", "bce")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
+VALIDATIONS = ("paid", "free")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 #: Focal-loss alpha of the reference study per loss term (paper-protocol.md §5).
@@ -205,9 +206,14 @@ class TrainConfig:
     step_size: int = 3                      # step schedule: epochs between decays
     step_gamma: float = 0.3                 # step schedule: decay factor
     epochs: int = 20                        # maximum number of epochs
-    patience: int | None = 5                # stop after this many validations without a better val exam AUC
+    patience: int | None = None             # stop after this many validations without improvement; None = never
     val_every: int = 1                      # validate every this many epochs (and at the last one)
-    steps_per_epoch: int | None = None      # optimiser steps per epoch, cycling the labelled set; None = one pass
+    steps_per_epoch: int | None = 64        # optimiser steps per epoch, cycling the labelled set; None = one pass
+    validation: str = "paid"                # paid: model selection on a share of the bought labels (counted) |
+                                            # free: on the dataset's fully labelled val split (reference; not counted)
+    val_fraction: float = 0.25              # paid: share of the bought labels held out for model selection
+    val_min_per_class: int = 2              # paid: fewer positives or negatives held out -> label-free schedule
+    lr_factors: tuple[float, ...] = (0.3, 1.0, 3.0)  # learning rates tried (x lr), chosen on validation labels only
     exams_per_step: int = 4                 # weak/mixed: bags per optimiser step (padded + masked)
     slices_per_step: int = 32               # strong: slices per optimiser step
     bag_min_slices: int | None = 10         # weak bag augmentation: keep k ~ randint(min, S) slices; None = off
@@ -241,6 +247,18 @@ class TrainConfig:
         _check_number("train.slices_per_step", self.slices_per_step, lo=1, integer=True)
         _check_number("train.bag_min_slices", self.bag_min_slices, lo=1, integer=True, allow_none=True)
         _check_number("train.threads", self.threads, lo=1, integer=True, allow_none=True)
+        check_choice("train.validation", self.validation, VALIDATIONS)
+        _check_number("train.val_fraction", self.val_fraction, lo=0.0, hi=0.9, lo_open=True)
+        _check_number("train.val_min_per_class", self.val_min_per_class, lo=1, integer=True)
+        factors = tuple(self.lr_factors) if isinstance(self.lr_factors, (list, tuple)) else self.lr_factors
+        if not isinstance(factors, tuple) or not factors:
+            raise ValueError(f"train.lr_factors must be a non-empty list of positive numbers (e.g. [0.3, 1, 3]), "
+                             f"not {self.lr_factors!r}")
+        for f in factors:
+            _check_number("train.lr_factors entry", f, lo=0.0, lo_open=True)
+        if len(set(factors)) != len(factors):
+            raise ValueError(f"train.lr_factors must not repeat a value, not {list(factors)}")
+        object.__setattr__(self, "lr_factors", tuple(float(f) for f in factors))
         if not isinstance(self.augment, bool):
             raise ValueError(f"train.augment must be true or false, not {self.augment!r}")
         if self.supervision == "mixed" and self.budget is not None and not 0.0 < self.slice_fraction < 1.0:
@@ -313,7 +331,7 @@ PRESETS: dict[str, dict] = {
         "model": {"width": 16, "embed_dim": 32, "attention_dim": 16, "embedding_dropout": 0.1,
                   "attention_dropout": 0.0},
         "train": {"epochs": 4, "patience": None, "lr": 3e-3, "exams_per_step": 4, "slices_per_step": 32,
-                  "precision": "fp32"},
+                  "precision": "fp32", "steps_per_epoch": None, "validation": "free", "lr_factors": [1.0]},
     },
     "default": {},
     "reference": {
@@ -323,7 +341,8 @@ PRESETS: dict[str, dict] = {
                   "finetune": "partial"},
         "train": {"loss": "focal", "focal_alpha": None, "sampling": "reference", "schedule": "step",
                   "step_size": 3, "step_gamma": 0.3, "exams_per_step": 1, "slices_per_step": 4,
-                  "bag_min_slices": 10, "augment": True, "steps_per_epoch": None},
+                  "bag_min_slices": 10, "augment": True, "steps_per_epoch": None, "validation": "free",
+                  "lr_factors": [1.0]},
     },
 }
 

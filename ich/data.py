@@ -209,6 +209,79 @@ def select_labels(exams: pd.DataFrame, slices: pd.DataFrame, *, supervision: str
                        n_labels=int(used) + len(exam_ids))
 
 
+@dataclass
+class HeldOut:
+    """The bought labels a run uses for model selection instead of training (``hold_out_validation``).
+
+    ``mode``: ``"paid"`` (labels held out of the budget: ``exam_ids`` with their exam labels, or
+    ``slices`` rows with their slice labels), ``"free"`` (the dataset's fully labelled val split,
+    outside the budget) or ``"none"`` (too few labels to hold out: the label-free schedule trains on
+    every bought label for a fixed number of steps and keeps the last epoch). ``kind`` is the label
+    kind used (``"exam"``, ``"slice"`` or ``""``); ``n_labels`` how many; ``reason`` says why in words.
+    """
+
+    mode: str
+    kind: str = ""
+    exam_ids: list[str] = field(default_factory=list)
+    slices: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"exam_id": [], "index": []}))
+    n_labels: int = 0
+    reason: str = ""
+
+
+def _held_out_positions(y: np.ndarray, fraction: float, min_per_class: int, seed: int):
+    """Positions (into y) of a stratified ``fraction`` of each class, or (None, reason) when too few."""
+    y = np.asarray(y).astype(np.int64)
+    rng = np.random.default_rng([seed, 0x7A1])            # its own stream: independent of the budget draw
+    take = []
+    for cls in (1, 0):
+        pool = np.flatnonzero(y == cls)
+        k = int(np.floor(len(pool) * fraction + 0.5))
+        if k < min_per_class or len(pool) - k < 1:
+            name = "positive" if cls else "negative"
+            return None, (f"{len(pool)} {name} labels bought: holding out {fraction:g} of them gives {k}, fewer "
+                          f"than the {min_per_class} per class model selection needs")
+        take.append(pool[rng.permutation(len(pool))[:k]])
+    return np.sort(np.concatenate(take)), ""
+
+
+def hold_out_validation(subset: LabelSubset, exams: pd.DataFrame, slices: pd.DataFrame, *, fraction: float,
+                        min_per_class: int, seed: int) -> tuple[LabelSubset, HeldOut]:
+    """Split the labels a run bought into training labels and paid validation labels of the same kind.
+
+    Weak and mixed runs hold out exam labels (mixed: from its exam-label part only), strong runs
+    hold out slice labels: a stratified ``fraction`` of each class, drawn with ``seed``. When a class
+    would keep fewer than ``min_per_class`` held-out labels, nothing is held out and the run uses
+    the label-free schedule (``HeldOut.mode == "none"``). The held-out labels stay counted in the
+    budget: ``train.n_labels + held_out.n_labels == subset.n_labels``.
+
+    Returns:
+        (training subset, held-out labels).
+    """
+    if subset.supervision == "strong":
+        lab = slices.set_index(["exam_id", "index"])["label"]
+        y = lab.loc[list(zip(subset.slices["exam_id"], subset.slices["index"]))].astype(int).to_numpy()
+        pos, reason = _held_out_positions(y, fraction, min_per_class, seed)
+        if pos is None:
+            return subset, HeldOut("none", reason=reason)
+        keep = np.setdiff1d(np.arange(len(y)), pos)
+        train = LabelSubset("strong", slices=subset.slices.iloc[keep].reset_index(drop=True), n_labels=len(keep))
+        held = subset.slices.iloc[pos].reset_index(drop=True)
+        return train, HeldOut("paid", "slice", slices=held, n_labels=len(pos),
+                              reason=f"{len(pos)} of the {len(y)} bought slice labels held out for model selection")
+    label = exams.set_index("exam_id")["label"]
+    ids = list(subset.exam_ids)
+    y = label.loc[ids].astype(int).to_numpy() if ids else np.zeros(0, np.int64)
+    pos, reason = _held_out_positions(y, fraction, min_per_class, seed)
+    if pos is None:
+        return subset, HeldOut("none", reason=reason)
+    held = [ids[i] for i in pos]
+    rest = [e for i, e in enumerate(ids) if i not in set(pos.tolist())]
+    train = LabelSubset(subset.supervision, exam_ids=rest, slice_exam_ids=list(subset.slice_exam_ids),
+                        slices=subset.slices, n_labels=subset.n_labels - len(held))
+    return train, HeldOut("paid", "exam", exam_ids=held, n_labels=len(held),
+                          reason=f"{len(held)} of the {len(ids)} bought exam labels held out for model selection")
+
+
 # ------------------------------------------------------------------------------ pixels
 class VolumeCache:
     """int16 HU volumes of a dataset resized to ``input_size`` (S, h, w), kept in memory (LRU up to ``max_bytes``)."""

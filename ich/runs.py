@@ -98,9 +98,23 @@ def create_run(run: str | os.PathLike, cfg: RunConfig) -> Path:
     return run
 
 
+#: Settings of runs written before ``train.validation`` existed (they validated on the free val split
+#: with one learning rate, patience 5 and one pass per epoch); filled in where such a config.json lacks them.
+LEGACY_TRAIN = {"validation": "free", "lr_factors": [1.0], "patience": 5, "steps_per_epoch": None}
+
+
 def read_config(run: str | os.PathLike) -> RunConfig:
+    """The run's ``RunConfig`` (config.json); configs older than paid validation keep their old meaning."""
     run = _check_run(run)
-    return RunConfig.from_json((run / CONFIG_FILE).read_text())
+    text = (run / CONFIG_FILE).read_text()
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError:
+        return RunConfig.from_json(text)          # raises the usual clear error
+    train = d.get("train") if isinstance(d, dict) else None
+    if isinstance(train, dict) and "validation" not in train:
+        d["train"] = {**LEGACY_TRAIN, **train}
+    return RunConfig.from_dict(d)
 
 
 # ------------------------------------------------------------------------------ status

@@ -8,7 +8,9 @@ Layout of a study folder::
                      checksum): the lock; a rerun with another spec is refused
     progress.json    {"state", "done", "total", "failed", "running", "elapsed_s", "updated"}
     cells.jsonl      one line per cell event (start, done, failed), appended
-    summary.csv      one row per cell, then one per (arm, budget) with the mean and 95% CI over seeds
+    summary.csv      one row per cell, then one per (arm, budget) with the mean and 95% CI over seeds;
+                     ``validation`` (paid | none | free), ``train_labels``, ``val_labels`` and
+                     ``labels_counted`` (= train + validation labels: what the planner prices)
     runs/<cell>/     the run folders, named ``<arm>-m<budget>-s<seed>`` (arm: weak, strong, mixed-f0.25)
 
 Cells are ordered seed-major: every budget of every arm gets seed 0 before any gets seed 1,
@@ -194,11 +196,11 @@ STUDY_PRESETS: dict[str, dict] = {
     "quick": {
         "supervisions": ["weak", "strong"], "budgets": [12, 24, 48, 96, 192], "seeds": [0, 1, 2],
         "preset": "default", "init": "auto", "finetune": "none", "pixel_slices": 16,
-        # fast path: the head trains on cached embeddings; 64 optimiser steps per epoch for every arm and
-        # budget (256 bags or 2,048 slices), so small budgets get enough steps and weak and strong equal ones;
-        # patience 10 (not 5): with 45 validation exams a few flat epochs are noise (one weak seed of the whole
-        # training split stopped at test AUC 0.91 with patience 5, 0.96 with 10; measured, README)
-        "overrides": {"train.epochs": 20, "train.patience": 10, "train.steps_per_epoch": 64},
+        # fast path: the head trains on cached embeddings. No run override: every cell uses the one recipe
+        # (ich.recipe; TrainConfig defaults: 64 optimiser steps per epoch for every arm, paid validation, the
+        # learning rate chosen on validation labels), so a Train-page grid with the same arms, budgets, seeds
+        # and encoder trains the same cells
+        "overrides": {},
     },
     "tiny": {  # tests: pass dataset and init
         "supervisions": ["weak", "strong"], "budgets": [4, 8], "seeds": [0, 1], "preset": "tiny",
@@ -284,34 +286,15 @@ def default_encoder_path(dataset: str | os.PathLike) -> Path:
     return root / "encoders" / f"{name}-compact.pt"
 
 
-def _init_overrides(init: str, finetune: str | None) -> dict:
-    """RunConfig overrides implied by an init: an encoder file decides architecture and preprocessing."""
-    if init == "random":
-        return {"model.finetune": finetune or "all"}
-    if init.startswith("imagenet:"):
-        return {"model.init": init, "model.encoder": "resnet18", "model.finetune": finetune or "partial"}
-    from ich.models import read_encoder_meta
-
-    meta = read_encoder_meta(init)
-    out = {"model.init": str(Path(init).resolve()), "model.encoder": meta["encoder"],
-           "model.embed_dim": int(meta["embed_dim"]), "data.windows": list(meta["windows"]),
-           "data.input_size": meta["input_size"], "model.finetune": finetune or "none"}
-    if "width" in (meta.get("encoder_kwargs") or {}):
-        out["model.width"] = int(meta["encoder_kwargs"]["width"])
-    return out
-
-
 def cell_config(spec: StudyConfig, cell: Cell):
     """The ``RunConfig`` of one cell (``spec.init`` must be resolved: not ``"auto"``)."""
-    from ich.config import make_config
+    from ich.recipe import run_config
 
     if spec.init == "auto":
         raise ValueError("cell_config needs a resolved study (init is 'auto'); call resolve_study first")
-    overrides = {**_init_overrides(spec.init, spec.finetune), **dict((k, _thaw(v)) for k, v in spec.overrides)}
-    if cell.slice_fraction is not None:
-        overrides["train.slice_fraction"] = cell.slice_fraction
-    return make_config(spec.dataset, preset=spec.preset, supervision=cell.supervision, budget=cell.budget,
-                       seed=cell.seed, overrides=overrides)
+    return run_config(spec.dataset, supervision=cell.supervision, budget=cell.budget, seed=cell.seed,
+                      slice_fraction=cell.slice_fraction, preset=spec.preset, init=spec.init, finetune=spec.finetune,
+                      overrides={k: _thaw(v) for k, v in spec.overrides})
 
 
 def check_budgets(spec: StudyConfig) -> None:
@@ -747,7 +730,8 @@ def _notify(fn, progress: dict) -> None:
 
 
 # ------------------------------------------------------------------------------ summary
-CELL_COLUMNS = ["row", "arm", "supervision", "slice_fraction", "budget", "seed", "n_seeds", "n_labels", "state",
+CELL_COLUMNS = ["row", "arm", "supervision", "slice_fraction", "budget", "seed", "n_seeds", "n_labels", "validation",
+                "train_labels", "val_labels", "val_label_kind", "labels_counted", "lr", "state",
                 "exam_auc", "exam_auc_ci_low", "exam_auc_ci_high", "slice_auc", "slice_auc_ci_low",
                 "slice_auc_ci_high", "sequence_f1", "sequence_f1_ci_low", "sequence_f1_ci_high", "pixel_dice",
                 "pixel_dice_ci_low", "pixel_dice_ci_high", "seconds", "run"]
@@ -767,12 +751,21 @@ def cell_row(study: str | os.PathLike, cell: Cell) -> dict:
     d = cell_dir(study, cell)
     nan = float("nan")
     row = {"row": "cell", "arm": cell.arm, "supervision": cell.supervision, "slice_fraction": cell.slice_fraction,
-           "budget": cell.budget, "seed": cell.seed, "n_seeds": 1, "n_labels": nan, "state": cell_state(study, cell),
+           "budget": cell.budget, "seed": cell.seed, "n_seeds": 1, "n_labels": nan, "validation": "",
+           "train_labels": nan, "val_labels": nan, "val_label_kind": "", "labels_counted": nan, "lr": nan,
+           "state": cell_state(study, cell),
            **{c: nan for c in CELL_COLUMNS if c.startswith(STAT_COLUMNS)}, "seconds": nan, "run": str(d)}
     if row["state"] not in ("done", "trained"):
         return row
     summary = runs.read_status(d).get("summary") or {}
     row["n_labels"] = summary.get("n_labels", nan)
+    # labels used for model selection are counted: paid ones are part of n_labels, free ones come on top
+    validation = summary.get("validation", "free")      # runs from before paid validation used the free split
+    train_labels = _num(summary.get("train_labels", row["n_labels"]))
+    val_labels = _num(summary.get("val_labels", nan))
+    row.update(validation=validation, train_labels=train_labels, val_labels=val_labels,
+               val_label_kind=summary.get("val_label_kind", "exam"), labels_counted=train_labels + val_labels,
+               lr=_num(summary.get("lr", nan)))
     if row["state"] != "done":
         return row
     m = runs.read_evaluation(d)
@@ -817,8 +810,12 @@ def summarise_study(study: str | os.PathLike):
     done = cells[cells["state"] == "done"]
     for (arm, budget), grp in done.groupby(["arm", "budget"], sort=False):
         first = grp.iloc[0]
+        modes = sorted(set(grp["validation"]))
         r = {"row": "mean", "arm": arm, "supervision": first["supervision"], "slice_fraction": first["slice_fraction"],
              "budget": int(budget), "seed": None, "n_seeds": int(len(grp)), "n_labels": grp["n_labels"].mean(),
+             "validation": "+".join(modes), "train_labels": grp["train_labels"].mean(),
+             "val_labels": grp["val_labels"].mean(), "val_label_kind": first["val_label_kind"],
+             "labels_counted": grp["labels_counted"].mean(), "lr": float("nan"),
              "state": "done", "seconds": grp["seconds"].mean(), "run": ""}
         for stat in STAT_COLUMNS:   # all four figures live in [0, 1]: the t interval is clipped to it
             m, lo, hi = mean_ci(grp[stat].to_numpy(float))

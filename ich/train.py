@@ -1,11 +1,27 @@
 """Training: ``fit(cfg, run_dir)`` trains a weak, strong or mixed learner on its label budget and records the run.
 
-The loop (nanoGPT-sized on purpose): buy the labels (``data.select_labels``), build the model
-(``models.build_model``), then per epoch train, validate (exam and slice AUC on the validation
-split), append metrics, save a resumable checkpoint and report progress. The best epoch by
-validation exam AUC (validation loss when the split has one class) is kept; training stops
-after ``patience`` validations without improvement or at ``epochs``. At the end the best
-model scores the test split into ``predictions.parquet``.
+The loop (nanoGPT-sized on purpose): buy the labels (``data.select_labels``), set the validation
+labels apart, build the model (``models.build_model``), then for every learning rate of the grid
+(``train.lr_factors`` x ``train.lr``) and every epoch: train, validate, append metrics, save a
+resumable checkpoint and report progress. At the end the best model scores the test split into
+``predictions.parquet``. The test split is never read before that.
+
+Model selection is paid for (``train.validation``):
+
+- ``"paid"`` (default): a stratified ``val_fraction`` of the bought labels, of the run's own kind
+  (exam labels for weak and mixed, slice labels for strong), is held out of training
+  (``data.hold_out_validation``) and selects the epoch and the learning rate: validation exam
+  AUC (weak, mixed) or slice AUC (strong). The held-out labels count in the budget.
+- When the held-out part would have fewer than ``val_min_per_class`` labels of a class, the run
+  uses the **label-free schedule**: every bought label trains, the learning rate is ``train.lr``,
+  every epoch runs and the last one is kept. No label outside the budget is read.
+- ``"free"`` (the reference): the dataset's fully labelled validation split selects (its exam
+  AUC, or its loss when it has one class); those labels are recorded as ``val_labels`` and are
+  not part of the budget (the planner adds them to the cost).
+
+Each learning rate starts from the same initial weights and sees the same data order; the
+kept model is the best (learning rate, epoch) by the validation score (ties: the earlier one);
+``patience`` (None by default) can stop a learning rate early.
 
 Supervision: ``weak`` = focal loss on the exam logit (attention MIL; exam labels only);
 ``strong`` = focal loss on slice logits of single slices (exam score = max slice
@@ -39,8 +55,9 @@ import torch.nn.functional as F
 
 from ich import distributed, runs
 from ich.config import REFERENCE_ALPHA, RunConfig
-from ich.data import (BagDataset, EmbeddingBagDataset, EmbeddingSliceDataset, SliceDataset, VolumeCache,
-                      collate_bags, collate_slices, epoch_order, exam_slice_labels, make_augment, select_labels)
+from ich.data import (BagDataset, EmbeddingBagDataset, EmbeddingSliceDataset, HeldOut, SliceDataset, VolumeCache,
+                      collate_bags, collate_slices, epoch_order, exam_slice_labels, hold_out_validation, make_augment,
+                      select_labels)
 from ich.models import MILModel, build_model, check_encoder_matches, state_checksum
 from ich.predict import autocast, resolve_device, resolve_precision, score_bags, summarize
 
@@ -82,24 +99,28 @@ def make_loss(cfg: RunConfig, term: str) -> Callable[[torch.Tensor, torch.Tensor
 
 
 # ------------------------------------------------------------------------------ optimiser
-def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+def make_optimizer(cfg: RunConfig, params, lr: float | None = None) -> torch.optim.Optimizer:
+    """The configured optimiser over the trainable ``params``, at ``lr`` (default ``cfg.train.lr``)."""
     t = cfg.train
+    lr = t.lr if lr is None else lr
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameter (is everything frozen?)")
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
     if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay)
 
 
-def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer):
+def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, lr: float | None = None):
+    """The configured schedule over ``cfg.train.epochs`` epochs (cosine ends at 1% of ``lr``)."""
     t = cfg.train
+    lr = t.lr if lr is None else lr
     if t.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=t.step_size, gamma=t.step_gamma)
     if t.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs, eta_min=t.lr * 0.01)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs, eta_min=lr * 0.01)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
@@ -173,9 +194,10 @@ class _Trainer:
         torch.manual_seed(cfg.seed)
         self.dataset = ds = open_dataset(cfg.data.dataset)
         self.input_size = int(cfg.data.input_size or ds.size)
-        self.subset = select_labels(ds.exams, ds.slices, supervision=t.supervision, budget=t.budget, seed=cfg.seed,
+        self.bought = select_labels(ds.exams, ds.slices, supervision=t.supervision, budget=t.budget, seed=cfg.seed,
                                     sampling=t.sampling, slice_fraction=t.slice_fraction)
-        runs.write_labels(self.run_dir, self.subset.to_frame())
+        self.subset, self.held = self._set_validation_apart(ds)
+        runs.write_labels(self.run_dir, self._labels_frame())
         self.model: MILModel = build_model(cfg).to(self.device)
         self.forward = distributed.wrap(self.model, self.device)   # DDP under torchrun; model calls by name
         self.fast = cfg.model.finetune == "none"
@@ -187,10 +209,64 @@ class _Trainer:
         if self.fast:
             self._setup_embeddings()
         self._setup_data()
+        # every learning rate of the grid starts from these weights (the label-free schedule tries only lr)
+        self.factors = t.lr_factors if self.held.mode != "none" else (1.0,)
+        self.init_state = self._trainable_state()
         self.opt = make_optimizer(cfg, self.model.parameters())
         self.sched = make_scheduler(cfg, self.opt)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.exam_loss, self.slice_loss = make_loss(cfg, "exam"), make_loss(cfg, "slice")
+
+    def _set_validation_apart(self, ds):
+        """(training labels, validation labels) per ``train.validation`` (see the module docstring)."""
+        t = self.cfg.train
+        if t.validation == "paid":
+            return hold_out_validation(self.bought, ds.exams, ds.slices, fraction=t.val_fraction,
+                                       min_per_class=t.val_min_per_class, seed=self.cfg.seed)
+        val = ds.exams[(ds.exams["split"] == "val") & ds.exams["label"].notna()]
+        return self.bought, HeldOut("free", "exam", exam_ids=val["exam_id"].tolist(), n_labels=len(val),
+                                    reason=f"the dataset's fully labelled validation split ({len(val)} exam labels, "
+                                           "not part of the budget)")
+
+    def _labels_frame(self) -> pd.DataFrame:
+        """labels.parquet: every label the run used, with ``use`` = train | val (paid validation)."""
+        train = self.subset.to_frame().assign(use="train")
+        if self.held.mode != "paid":
+            return train
+        h = self.held
+        if h.kind == "slice":
+            val = pd.DataFrame({"kind": "slice", "exam_id": h.slices["exam_id"].to_numpy(),
+                                "index": pd.array(h.slices["index"].to_numpy(), dtype="Int32")})
+        else:
+            val = pd.DataFrame({"kind": "exam", "exam_id": h.exam_ids,
+                                "index": pd.array([None] * len(h.exam_ids), dtype="Int32")})
+        return pd.concat([train, val.assign(use="val")], ignore_index=True)
+
+    def _validation_exams(self, ds) -> tuple[pd.DataFrame | None, dict]:
+        """The exams scored for model selection and the labels they carry (nan = not used).
+
+        Returns:
+            (exams with ``exam_id, label`` or None under the label-free schedule, exam_id -> (S,) slice labels).
+        """
+        h = self.held
+        if h.mode == "none":
+            return None, {}
+        if h.mode == "free":
+            e = ds.exams[ds.exams["split"] == "val"][["exam_id", "label"]].reset_index(drop=True)
+            return (e if len(e) else None), exam_slice_labels(ds.slices, e["exam_id"])
+        if h.kind == "exam":      # held-out exam labels only: no slice label is read
+            e = ds.exams.set_index("exam_id").loc[h.exam_ids, ["label"]].reset_index()
+            return e, {}
+        ids = list(dict.fromkeys(h.slices["exam_id"]))        # held-out slice labels only: no exam label
+        e = pd.DataFrame({"exam_id": ids, "label": np.nan})
+        sl = ds.slices[ds.slices["exam_id"].isin(set(ids))].sort_values(["exam_id", "index"])
+        wanted = set(zip(h.slices["exam_id"], h.slices["index"].astype(int)))
+        keep = np.array([(x, int(i)) in wanted for x, i in zip(sl["exam_id"], sl["index"])], dtype=bool)
+        labels = np.where(keep, sl["label"].astype("Float64").to_numpy(float, na_value=np.nan), np.nan)
+        out = {}
+        for exam_id, grp in pd.Series(labels.astype(np.float32)).groupby(sl["exam_id"].to_numpy(), sort=False):
+            out[exam_id] = grp.to_numpy(np.float32)
+        return e, out
 
     def _setup_embeddings(self) -> None:
         from ich.embed import default_cache_dir, embed_dataset
@@ -244,11 +320,14 @@ class _Trainer:
             self.collate, self.batch_size = collate_bags, t.exams_per_step
         self.eval_sets = {}
         for split in ("val", "test"):
-            e = ds.exams[(ds.exams["split"] == split)][["exam_id", "label"]].reset_index(drop=True)
-            if e.empty:
+            if split == "val":
+                e, truth = self._validation_exams(ds)
+            else:
+                e = ds.exams[(ds.exams["split"] == split)][["exam_id", "label"]].reset_index(drop=True)
+                truth = exam_slice_labels(ds.slices, e["exam_id"])
+            if e is None or e.empty:
                 self.eval_sets[split] = None
                 continue
-            truth = exam_slice_labels(ds.slices, e["exam_id"])
             if self.fast:
                 eval_ds = EmbeddingBagDataset(self.embeddings, self.rows, e, slice_labels=truth)
                 bs = 64
@@ -257,11 +336,16 @@ class _Trainer:
                 bs = 1
             self.eval_sets[split] = torch.utils.data.DataLoader(eval_ds, batch_size=bs, shuffle=False,
                                                                 collate_fn=collate_bags)
-        val_labels = ds.exams.loc[ds.exams["split"] == "val", "label"].dropna()
-        self.criterion = "val_exam_auc" if val_labels.nunique() == 2 else "val_loss"
-        if self.eval_sets["val"] is None:
-            raise ValueError(f"dataset {ds.name} has no validation exams; early stopping and checkpoint selection "
-                             "need a val split")
+        if self.held.mode == "none":
+            self.criterion = "last_epoch"
+        elif self.held.mode == "paid":
+            self.criterion = "val_slice_auc" if self.held.kind == "slice" else "val_exam_auc"
+        else:
+            if self.eval_sets["val"] is None:
+                raise ValueError(f"dataset {ds.name} has no validation exams, which train.validation='free' "
+                                 "needs; use train.validation=paid (validation labels from the budget)")
+            val_labels = ds.exams.loc[ds.exams["split"] == "val", "label"].dropna()
+            self.criterion = "val_exam_auc" if val_labels.nunique() == 2 else "val_loss"
 
     # -------------------------------------------------------------- loop
     def run(self, resume: bool) -> dict:
@@ -270,15 +354,19 @@ class _Trainer:
         runs.write_status(self.run_dir, "running", started=runs._now(), pid=os.getpid(), error=None,
                           epochs=t.epochs, message="preparing data")
         self.setup()
+        E = t.epochs
+        total = E * len(self.factors)          # global epochs: learning rate k runs k*E+1 .. (k+1)*E
         best = {"epoch": 0, "score": -math.inf, "state": None, "val_exam_auc": float("nan"),
-                "val_slice_auc": float("nan")}
-        bad, start, elapsed = 0, 1, 0.0
+                "val_slice_auc": float("nan"), "lr_factor": None}
+        cand, bad, start, elapsed = -1, 0, 1, 0.0
         if resume:
             ckpt = runs.load_checkpoint(self.run_dir)
             last = ckpt.get("last")
             if last is None:
                 raise ValueError(f"run {self.run_dir.name} has a final checkpoint without resume state; it is "
                                  "finished already")
+            cand = (ckpt["epoch"] - 1) // E
+            self._start_candidate(cand)
             self.model.load_state_dict(last["model"], strict=not self.fast)
             self.opt.load_state_dict(last["optimizer"])
             self.sched.load_state_dict(last["scheduler"])
@@ -286,52 +374,89 @@ class _Trainer:
             bad, start, elapsed = last["bad"], ckpt["epoch"] + 1, last.get("seconds", 0.0)
             runs.truncate_metrics(self.run_dir, ckpt["epoch"])
             log.info("resuming %s after epoch %d", self.run_dir.name, ckpt["epoch"])
-        stop = start > t.epochs or (t.patience is not None and bad >= t.patience)
-        for epoch in range(start, t.epochs + 1):
-            if stop:
-                break
-            self.epoch = epoch
+        for g in range(start, total + 1):
+            k, epoch = (g - 1) // E, (g - 1) % E + 1          # learning rate k, its epoch 1..E
+            if k != cand:
+                cand, bad = k, 0
+                self._start_candidate(k)
+            elif t.patience is not None and bad >= t.patience:
+                continue                                      # this learning rate stopped early
+            self.epoch = g
             e0 = time.perf_counter()
-            torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch)   # same draws for every learning rate
             train_loss = self.train_epoch(epoch)
             self.sched.step()
-            row = {"epoch": epoch, "train_loss": train_loss, "lr": self.opt.param_groups[0]["lr"]}
-            validate = epoch % t.val_every == 0 or epoch == t.epochs
-            if validate:
+            row = {"epoch": g, "lr_factor": self.factors[k], "lr_epoch": epoch, "train_loss": train_loss,
+                   "lr": self.opt.param_groups[0]["lr"]}
+            if self.criterion == "last_epoch":               # label-free schedule: the last epoch is kept
+                best = {"epoch": g, "score": float(g), "val_exam_auc": float("nan"),
+                        "val_slice_auc": float("nan"), "lr_factor": self.factors[k], "state": self._trainable_state()}
+            elif epoch % t.val_every == 0 or epoch == E:
                 pred = score_bags(self.model, self.eval_sets["val"], supervision=t.supervision, device=self.device,
                                   precision=self.precision, split="val")
                 s = summarize(pred)
                 row.update(val_exam_auc=s["exam_auc"], val_slice_auc=s["slice_auc"], val_loss=self._val_loss(pred))
-                score = row["val_exam_auc"] if self.criterion == "val_exam_auc" else -row["val_loss"]
+                score = -row["val_loss"] if self.criterion == "val_loss" else row[self.criterion]
                 if best["state"] is None or (not math.isnan(score) and score > best["score"] + 1e-9):
-                    best = {"epoch": epoch, "score": score, "val_exam_auc": s["exam_auc"],
-                            "val_slice_auc": s["slice_auc"], "state": self._trainable_state()}
+                    best = {"epoch": g, "score": score, "val_exam_auc": s["exam_auc"],
+                            "val_slice_auc": s["slice_auc"], "lr_factor": self.factors[k],
+                            "state": self._trainable_state()}
                     bad = 0
                 else:
                     bad += 1
             row["seconds"] = round(time.perf_counter() - e0, 3)
             elapsed += row["seconds"]
             runs.append_metrics(self.run_dir, row)
-            stop = t.patience is not None and bad >= t.patience
-            self._save(epoch, best, bad, elapsed, final=False)
-            progress = 1.0 if stop else epoch / t.epochs
-            runs.write_status(self.run_dir, "running", epoch=epoch, progress=round(progress, 4),
-                              message=f"epoch {epoch}/{t.epochs}",
-                              best={"epoch": best["epoch"], "val_exam_auc": best["val_exam_auc"]})
-            self._report({"phase": "val", "epoch": epoch, "epochs": t.epochs, "progress": progress,
+            stopped = t.patience is not None and bad >= t.patience
+            self._save(g, best, bad, elapsed, final=False)
+            progress = ((k + 1) * E if stopped else g) / total
+            runs.write_status(self.run_dir, "running", epoch=g, progress=round(progress, 4),
+                              message=self._epoch_message(k, epoch),
+                              best={"epoch": best["epoch"], "val_exam_auc": best["val_exam_auc"],
+                                    "lr_factor": best["lr_factor"]})
+            self._report({"phase": "val", "epoch": g, "epochs": total, "progress": progress,
                           "metrics": row, "best_epoch": best["epoch"]}, force=True)
             if runs.cancel_requested(self.run_dir):
                 raise Cancelled()
         distributed.check_in_sync(self.model)
         return self.finish(best, elapsed, t0)
 
+    def _start_candidate(self, k: int) -> None:
+        """Learning rate k of the grid: the initial weights, a fresh optimiser and schedule at ``lr * factor``."""
+        lr = self.cfg.train.lr * self.factors[k]
+        self.model.load_state_dict(self.init_state, strict=not self.fast)
+        self.opt = make_optimizer(self.cfg, self.model.parameters(), lr=lr)
+        self.sched = make_scheduler(self.cfg, self.opt, lr=lr)
+
+    def _epoch_message(self, k: int, epoch: int) -> str:
+        E = self.cfg.train.epochs
+        if len(self.factors) == 1:
+            return f"epoch {epoch}/{E}"
+        return f"learning rate {k + 1}/{len(self.factors)} (x{self.factors[k]:g}), epoch {epoch}/{E}"
+
+    def selection(self, best: dict) -> str:
+        """How the kept model was chosen, in words (recorded in the run's summary)."""
+        t, h = self.cfg.train, self.held
+        if self.criterion == "last_epoch":
+            return (f"label-free schedule: too few labels to hold any out ({h.reason}); all {self.subset.n_labels} "
+                    f"bought labels trained at lr {t.lr:g} for {t.epochs} epochs and the last epoch was kept")
+        what = {"val_exam_auc": "validation exam AUC", "val_slice_auc": "validation slice AUC",
+                "val_loss": "validation loss"}[self.criterion]
+        lrs = ", ".join(f"{t.lr * f:g}" for f in self.factors)
+        return (f"best {what} over learning rates [{lrs}] and epochs, on {h.reason}: "
+                f"lr {t.lr * (best['lr_factor'] or 1.0):g}, epoch {(best['epoch'] - 1) % t.epochs + 1}")
+
     def finish(self, best: dict, elapsed: float, t0: float) -> dict:
         cfg, t = self.cfg, self.cfg.train
         self._report({"phase": "predict", "epoch": self.epoch, "epochs": t.epochs, "progress": 1.0}, force=True)
         self.model.load_state_dict(best["state"], strict=not self.fast)
+        factor = best.get("lr_factor") or 1.0
         summary = {"state": "done", "best_epoch": best["epoch"], "epochs_run": self.epoch or best["epoch"],
                    "criterion": self.criterion, "val_exam_auc": best["val_exam_auc"],
-                   "val_slice_auc": best["val_slice_auc"], "n_labels": self.subset.n_labels,
+                   "val_slice_auc": best["val_slice_auc"], "n_labels": self.bought.n_labels,
+                   "train_labels": self.subset.n_labels, "validation": self.held.mode,
+                   "val_labels": self.held.n_labels, "val_label_kind": self.held.kind,
+                   "lr": t.lr * factor, "lr_factor": factor, "selection": self.selection(best),
                    "supervision": t.supervision, "budget": t.budget, "seed": cfg.seed,
                    "device": str(self.device), "precision": self.precision}
         if self.eval_sets["test"] is not None:

@@ -1,14 +1,14 @@
-"""Train: choose supervision, label budget, model and seeds; see the resolved config; launch in the background."""
+"""Train: choose supervision, label budget and the recipe's fairness settings; see the exact command; launch it."""
 
-import argparse
+import shlex
 import time
-from pathlib import Path
 
 import streamlit as st
 
-from ich import jobs, paths
-from ich.commands import train as train_cmd
+from ich import jobs, paths, recipe
+from ich.config import RunConfig
 from ich.store import list_datasets
+from ich.study import default_encoder_path, make_study
 
 st.set_page_config(page_title="Train · ICH lab", layout="wide")
 st.title("Train")
@@ -22,68 +22,117 @@ current = st.session_state.get("dataset_path", datasets["path"].iloc[0])
 dataset = st.selectbox("Dataset", list(names), format_func=names.get,
                        index=list(names).index(current) if current in names else 0, key="train_dataset")
 
+mode = st.radio("Launch", ["study grid (budgets x seeds)", "single run"], horizontal=True, key="train_mode")
 c = st.columns(3)
-supervision = c[0].radio("Supervision", ["weak", "strong", "mixed"], horizontal=True, key="train_supervision",
-                         help="weak = one label per exam (attention MIL); strong = one label per slice; "
-                              "mixed = slice labels for some exams, exam labels for others")
-budget = c[1].number_input("Label budget (exams for weak, slices for strong, labels for mixed)", 1, 10**6, 48,
-                           key="train_budget")
-slice_fraction = c[2].slider("Share of the budget spent on slice labels", 0.05, 0.95, 0.5,
-                             disabled=supervision != "mixed", key="train_slice_fraction")
+if mode == "single run":
+    supervision = c[0].radio("Supervision", ["weak", "strong", "mixed"], horizontal=True, key="train_supervision",
+                             help="weak = one label per exam (attention MIL); strong = one label per slice; "
+                                  "mixed = slice labels for some exams, exam labels for others")
+    arms = [supervision]
+    budget = c[1].number_input("Label budget (exams for weak, slices for strong, labels for mixed)", 1, 10**6, 48,
+                               key="train_budget")
+    seed = c[2].number_input("Seed", 0, 10**6, 0, key="train_seed")
+else:
+    arms = c[0].multiselect("Compare", ["weak", "strong", "mixed"], default=["weak", "strong"], key="train_arms")
+    budgets_text = c[1].text_input("Budgets (comma-separated)", "12,24,48,96,192", key="train_budgets")
+    n_seeds = c[2].number_input("Seeds per budget", 1, 50, len(make_study("quick", dataset=dataset).seeds),
+                                key="train_seeds")
+slice_fraction = st.slider("Share of the budget spent on slice labels (mixed)", 0.05, 0.95, 0.5,
+                           disabled="mixed" not in arms, key="train_slice_fraction")
 
 encoders = sorted(str(p) for p in paths.encoders_dir().glob("*.pt"))
-c = st.columns(4)
-encoder = c[0].selectbox("Encoder", ["compact", "resnet18"], key="train_encoder")
-init = c[1].selectbox("Encoder start", [*encoders, "random"], key="train_init",
-                      help="A label-free pretrained encoder (see `python -m ich pretrain`) gives weak and strong "
-                           "learners the same start and makes each run take seconds.")
+c = st.columns(3)
+init = c[0].selectbox("Encoder start", ["auto", *encoders, "random"], key="train_init",
+                      help="auto = the dataset's label-free pretrained encoder (pretrained once if missing), as the "
+                           "quick study uses. It gives weak and strong learners the same start and makes each run "
+                           "take seconds.")
+encoder = c[1].selectbox("Encoder (random start only)", ["compact", "resnet18"], disabled=init != "random",
+                         key="train_encoder")
 pooling = c[2].selectbox("Pooling", ["attention", "gated_attention", "mean", "max"], key="train_pooling")
-epochs = c[3].number_input("Max epochs", 1, 1000, 30, key="train_epochs")
-c = st.columns(2)
-mode = c[0].radio("Launch", ["single run", "study grid (budgets x seeds)"], horizontal=True, key="train_mode")
-seeds = c[1].number_input("Seeds", 1, 20, 1 if mode == "single run" else 3, key="train_seeds")
 
-args = argparse.Namespace(
-    dataset=dataset, supervision=supervision, budget=int(budget),
-    slice_fraction=slice_fraction if supervision == "mixed" else None, sampling=None, seed=0, out=None,
-    preset="default", encoder=None if init != "random" else encoder, pooling=pooling, attention_activation=None,
-    init=init, finetune=None, windows=None, input_size=None, epochs=int(epochs), loss=None, device=None,
-    threads=None, set=[], resume=False, quiet=True,
-)
+# The settings that decide whether the arms are compared fairly: shown with the recipe's values.
+defaults = RunConfig().train
+model_defaults = RunConfig().model
+st.subheader("Recipe (the same for every arm)")
+c = st.columns(5)
+steps = c[0].number_input("Optimiser steps per epoch", 1, 10_000, defaults.steps_per_epoch, key="train_steps")
+epochs = c[1].number_input("Epochs (per learning rate)", 1, 1000, defaults.epochs, key="train_epochs")
+patience = c[2].number_input("Patience (0 = keep every epoch)", 0, 1000, defaults.patience or 0,
+                             key="train_patience", help="Stop a learning rate after this many validations "
+                                                        "without improvement; 0 never stops early.")
+lr = c[3].number_input("Learning rate", 1e-6, 1.0, defaults.lr, format="%g", key="train_lr")
+factors = c[4].text_input("Learning rates tried (x rate)", ",".join(f"{f:g}" for f in defaults.lr_factors),
+                          key="train_factors", help="Each is trained; the one with the best validation score "
+                                                    "is kept. Validation labels only, never the test split.")
+c = st.columns(4)
+loss = c[0].selectbox("Loss", ["bce", "focal"], index=["bce", "focal"].index(defaults.loss), key="train_loss")
+attention = c[1].selectbox("Attention", ["softmax", "sparsemax"],
+                           index=["softmax", "sparsemax"].index(model_defaults.attention_activation),
+                           key="train_attention")
+validation = c[2].selectbox(
+    "Validation labels", ["paid", "free"], index=["paid", "free"].index(defaults.validation), key="train_validation",
+    format_func={"paid": "paid: held out of the budget", "free": "free: the full validation split (reference)"}.get,
+    help="paid: a share of the bought labels (of the arm's own kind) selects the epoch and learning rate, and is "
+         "counted in the cost; too few labels -> a label-free schedule (last epoch). free: the dataset's fully "
+         "labelled validation split, as the reference study did; its labels are added to the planner's cost.")
+val_fraction = c[3].slider("Share held out for validation (paid)", 0.1, 0.5, defaults.val_fraction,
+                           disabled=validation != "paid", key="train_val_fraction")
+
 try:
-    cfg = train_cmd.build_config(args)
+    lr_factors = [float(v) for v in factors.split(",") if v.strip()]
+except ValueError:
+    st.error(f"Learning rates tried must be comma-separated numbers such as 0.3,1,3, not {factors!r}.")
+    st.stop()
+chosen = {"train.steps_per_epoch": int(steps), "train.epochs": int(epochs), "train.patience": int(patience) or None,
+          "train.lr": float(lr), "train.lr_factors": lr_factors, "train.loss": loss,
+          "model.attention_activation": attention, "train.validation": validation,
+          "train.val_fraction": float(val_fraction), "model.pooling": pooling}
+if init == "random":
+    chosen["model.encoder"] = encoder
+base = RunConfig().to_dict()
+overrides = {k: v for k, v in chosen.items()
+             if (list(base[k.split(".")[0]][k.split(".")[1]]) if k == "train.lr_factors"
+                 else base[k.split(".")[0]][k.split(".")[1]]) != v}   # only what differs from the recipe
+
+stamp = time.strftime("%Y%m%d-%H%M%S")
+try:
+    if mode == "single run":
+        start = str(default_encoder_path(dataset)) if init == "auto" else init
+        request = dict(supervision=supervision, budget=int(budget), seed=int(seed),
+                       slice_fraction=slice_fraction if supervision == "mixed" else None, init=start,
+                       overrides=overrides)
+        if init == "auto" and not default_encoder_path(dataset).is_file():
+            st.warning("This dataset has no pretrained encoder yet: run a study first (it pretrains one) or pick "
+                       "another start.")
+            st.stop()
+        cfg = recipe.run_config(dataset, **request)
+        out = paths.runs_dir() / f"{stamp}-{supervision}-m{int(budget)}-s{int(seed)}"
+        argv = recipe.train_argv(dataset, out, **request)
+        with st.expander("Resolved configuration (what the run records in config.json)"):
+            st.json(cfg.to_dict())
+    else:
+        if not arms:
+            st.error("Pick at least one supervision level to compare.")
+            st.stop()
+        budgets = [int(b) for b in budgets_text.split(",") if b.strip()]
+        spec = make_study(None, dataset=dataset, supervisions=arms, budgets=budgets, seeds=list(range(int(n_seeds))),
+                          slice_fractions=[slice_fraction], init=init, finetune="none" if init != "random" else None,
+                          overrides=overrides)
+        out = paths.studies_dir() / f"{stamp}-{'-'.join(arms)}"
+        argv = recipe.study_argv(spec, out)
+        with st.expander("Resolved study (what the study records in study.json)"):
+            st.json(spec.to_dict())
 except (ValueError, FileNotFoundError) as err:
     st.error(str(err))
     st.stop()
 
-stamp = time.strftime("%Y%m%d-%H%M%S")
-if mode == "single run":
-    out = paths.runs_dir() / f"{stamp}-{supervision}-m{int(budget)}-s0"
-    argv = ["train", "--dataset", dataset, "--supervision", supervision, "--budget", str(int(budget)),
-            "--pooling", pooling, "--epochs", str(int(epochs)), "--init", init, "--out", str(out), "--quiet"]
-    if init == "random":
-        argv += ["--encoder", encoder]
-    if supervision == "mixed":
-        argv += ["--slice-fraction", str(slice_fraction)]
+if overrides:
+    st.caption("Changed from the recipe: " + ", ".join(f"{k} = {v}" for k, v in overrides.items()))
 else:
-    arms = st.multiselect("Compare", ["weak", "strong", "mixed"], default=["weak", "strong"], key="train_arms")
-    budgets = st.text_input("Budgets (comma-separated)", "12,24,48,96,192", key="train_budgets")
-    out = paths.studies_dir() / f"{stamp}-{'-'.join(arms)}"
-    argv = ["study", "--dataset", dataset, "--supervision", ",".join(arms), "--budgets", budgets,
-            "--seeds", str(int(seeds)), "--out", str(out)]
-    if init != "random":
-        argv += ["--init", init]
-    if "mixed" in arms:
-        argv += ["--slice-fractions", str(slice_fraction)]
-    if not arms:
-        st.error("Pick at least one supervision level to compare.")
-        st.stop()
-
-with st.expander("Resolved configuration (what the run will record in config.json)"):
-    st.json(cfg.to_dict())
-st.code("python -m ich " + " ".join(argv), language="bash")
+    st.caption("The standard recipe: the same settings as the quick study and `python -m ich train`.")
+st.code(shlex.join(["python", "-m", "ich", *argv]), language="bash")
 
 if st.button("Launch", type="primary", key="train_launch"):
-    job = jobs.submit(paths.jobs_db(), argv, kind=argv[0], out_dir=out, title=Path(out).name)
+    job = jobs.submit(paths.jobs_db(), argv, kind=argv[0], out_dir=out, title=out.name)
     st.session_state["runs_last_job"] = job.id
     st.success(f"Job #{job.id} is {job.state}. Follow it on the **Runs** page.")

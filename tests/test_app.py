@@ -73,6 +73,8 @@ def test_launching_a_run_creates_a_job(app_data):
 
     at = run_page(REPO / "pages" / "2_Train.py")
     assert not at.exception
+    at.radio(key="train_mode").set_value("single run").run()
+    at.selectbox(key="train_init").set_value("random").run()
     at.number_input(key="train_budget").set_value(8)
     at.number_input(key="train_epochs").set_value(1)
     at.button(key="train_launch").click().run()

@@ -42,3 +42,13 @@ def test_every_ich_module_states_its_job():
         if not doc or not doc.strip().splitlines()[0].strip():
             missing.append(str(p.relative_to(REPO)))
     assert not missing, f"modules without a one-line docstring: {missing}"
+
+
+def test_pages_never_import_the_cli_layer():
+    """Pages call the library; the CLI (``ich.commands``) is just another caller of the same functions."""
+    for page in [*sorted((REPO / "pages").glob("*.py")), REPO / "app.py"]:
+        tree = ast.parse(page.read_text(), filename=str(page))
+        bad = {m for m in imported_modules(page) if m == "ich.commands" or m.startswith("ich.commands.")}
+        bad |= {f"ich.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "ich"
+                for a in n.names if a.name == "commands"}
+        assert not bad, f"{page.name} imports the CLI layer: {bad}"

@@ -41,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pixel-slices", type=int, help="lesion slices per cell scored for pixel Dice (0: off)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="RunConfig override for every cell, e.g. train.lr=3e-4 (repeatable)")
+    p.add_argument("--name", help="a name for the study (informational)")
     p.add_argument("--executor", default="local", help="local (process pool, default) | ray | inline (this process; debugging)")
     p.add_argument("--workers", type=int, help="cells at a time (local default: one per GPU, else one per core)")
     p.add_argument("--ray-address", help="a running Ray cluster (e.g. auto, ray://head:10001); default: local Ray")
@@ -82,7 +83,8 @@ def build_spec(args):
         raise ValueError("--dataset is required (a folder written by `python -m ich import`)")
     return make_study(args.preset, dataset=dataset, supervisions=args.supervision, budgets=args.budgets, seeds=seeds,
                       slice_fractions=args.slice_fractions, repeats=args.repeats, preset=args.run_preset,
-                      init=args.init, finetune=args.finetune, pixel_slices=args.pixel_slices, overrides=overrides)
+                      init=args.init, finetune=args.finetune, pixel_slices=args.pixel_slices, overrides=overrides,
+                      name=args.name)
 
 
 def run(args) -> int:

@@ -45,40 +45,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args):
-    """The RunConfig the arguments describe (used by the app's Train page as well)."""
-    from ich.config import make_config, parse_overrides
+    """The RunConfig the arguments describe, through the one recipe (``ich.recipe.run_config``)."""
+    from ich.config import parse_overrides
+    from ich.recipe import run_config
 
     if not args.dataset:
         raise ValueError("--dataset is required (a folder written by `python -m ich import`)")
-    overrides = parse_overrides(args.set)
     flags = {"model.encoder": args.encoder, "model.pooling": args.pooling,
              "model.attention_activation": args.attention_activation, "data.input_size": args.input_size,
              "train.epochs": args.epochs, "train.loss": args.loss, "train.device": args.device,
-             "train.threads": args.threads, "train.slice_fraction": args.slice_fraction,
-             "train.sampling": args.sampling}
+             "train.threads": args.threads, "train.sampling": args.sampling}
     if args.windows:
         flags["data.windows"] = [w.strip() for w in args.windows.split(",") if w.strip()]
-    if args.init and args.init != "random":
-        flags["model.init"] = args.init
-        if args.init.startswith("imagenet:"):
-            flags["model.encoder"] = args.encoder or "resnet18"
-            default_finetune = "partial"
-        else:
-            from ich.models import read_encoder_meta
-
-            meta = read_encoder_meta(args.init)  # the file decides the architecture and preprocessing
-            flags.update({"model.encoder": args.encoder or meta["encoder"], "model.embed_dim": int(meta["embed_dim"])})
-            if "width" in (meta.get("encoder_kwargs") or {}):
-                flags["model.width"] = int(meta["encoder_kwargs"]["width"])
-            flags.setdefault("data.windows", list(meta["windows"]))
-            flags["data.input_size"] = args.input_size or meta["input_size"]
-            default_finetune = "none"
-        flags["model.finetune"] = args.finetune or default_finetune
-    elif args.finetune:
-        flags["model.finetune"] = args.finetune
     flags = {k: v for k, v in flags.items() if v is not None}
-    return make_config(args.dataset, preset=args.preset, supervision=args.supervision, budget=args.budget,
-                       seed=args.seed, overrides={**flags, **overrides})
+    return run_config(args.dataset, supervision=args.supervision, budget=args.budget, seed=args.seed,
+                      slice_fraction=args.slice_fraction, preset=args.preset, init=args.init or "random",
+                      finetune=args.finetune, overrides={**flags, **parse_overrides(args.set)})
 
 
 def run(args) -> int:
