@@ -95,8 +95,11 @@ def app_root(tmp_path, monkeypatch, tiny_dataset, encoder):
     """A data root with the tiny dataset and its auto encoder (so init=auto needs no pretraining)."""
     root = tmp_path / "data"
     shutil.copytree(tiny_dataset, root / "datasets" / "tiny")
-    (root / "encoders").mkdir()
-    shutil.copy(encoder, root / "encoders" / "tiny-compact.pt")
+    from ich.study import default_encoder_path
+
+    auto = default_encoder_path(root / "datasets" / "tiny")
+    auto.parent.mkdir(parents=True)
+    shutil.copy(encoder, auto)
     monkeypatch.setenv("ICH_DATA", str(root))
     monkeypatch.chdir(REPO)
     main = sys.modules["__main__"]
@@ -111,7 +114,9 @@ def test_quick_study_and_train_page_grid_write_the_same_aucs(app_root, tmp_path)
     from streamlit.testing.v1 import AppTest
 
     from ich.cli import main
+    from ich.study import default_encoder_path
 
+    assert default_encoder_path(app_root / "datasets" / "tiny").is_file()   # init=auto needs no pretraining
     dataset = str(app_root / "datasets" / "tiny")
     at = AppTest.from_file(str(REPO / "pages" / "2_Train.py"), default_timeout=60).run()
     assert not at.exception, at.exception
@@ -120,6 +125,7 @@ def test_quick_study_and_train_page_grid_write_the_same_aucs(app_root, tmp_path)
     at.number_input(key="train_seeds").set_value(1)
     at.number_input(key="train_epochs").set_value(2)
     at.text_input(key="train_factors").set_value("1")
+    at.number_input(key="train_steps").set_value(4)
     at.run()
     assert not at.exception, at.exception
     import shlex
@@ -128,7 +134,8 @@ def test_quick_study_and_train_page_grid_write_the_same_aucs(app_root, tmp_path)
     page_out = tmp_path / "page-grid"
     page_argv[page_argv.index("--out") + 1] = str(page_out)
 
-    quick = make_study("quick", dataset=dataset, budgets=[4, 8], seeds=[0], overrides={"train.epochs": 2, "train.lr_factors": [1.0]})
+    quick = make_study("quick", dataset=dataset, budgets=[4, 8], seeds=[0], overrides={"train.epochs": 2, "train.lr_factors": [1.0],
+                                                                                  "train.steps_per_epoch": 4})
     quick_out = tmp_path / "quick"
     assert main(recipe.study_argv(quick, quick_out) + ["--executor", "inline", "--quiet"]) == 0
     assert main(page_argv + ["--executor", "inline", "--quiet"]) == 0
