@@ -248,3 +248,114 @@ def test_cli_train_and_predict(easy, tmp_path, capsys):
     assert "did you mean 'max'" in capsys.readouterr().err
     assert main(["train", "--dataset", str(easy), "--set", "train.lr", "--out", str(tmp_path / "bad2")]) == 2
     assert "--set needs KEY=VALUE" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ paid validation
+def paid(easy, **kw):
+    """The default recipe's validation (paid, learning-rate grid) on the tiny preset's model."""
+    overrides = {"train.validation": "paid", "train.lr_factors": [0.5, 1.0], "train.epochs": 3,
+                 "train.val_min_per_class": 2, **kw.pop("overrides", {})}
+    return tiny(easy, overrides=overrides, **kw)
+
+
+@pytest.mark.parametrize("supervision, kind, budget", [("weak", "exam", 16), ("strong", "slice", 40)])
+def test_hold_out_validation_splits_the_bought_labels(easy, supervision, kind, budget):
+    from ich.data import hold_out_validation, select_labels
+    from ich.store import open_dataset
+
+    ds = open_dataset(easy)
+    bought = select_labels(ds.exams, ds.slices, supervision=supervision, budget=budget, seed=1)
+    train, held = hold_out_validation(bought, ds.exams, ds.slices, fraction=0.25, min_per_class=2, seed=1)
+    assert held.mode == "paid" and held.kind == kind
+    assert train.n_labels + held.n_labels == bought.n_labels == budget   # held-out labels stay in the budget
+    if kind == "exam":
+        assert not set(held.exam_ids) & set(train.exam_ids) and set(held.exam_ids) <= set(bought.exam_ids)
+        y = ds.exams.set_index("exam_id").loc[held.exam_ids, "label"]
+    else:
+        key = lambda df: set(zip(df["exam_id"], df["index"]))           # noqa: E731
+        assert not key(held.slices) & key(train.slices) and key(held.slices) <= key(bought.slices)
+        y = ds.slices.set_index(["exam_id", "index"])["label"].loc[list(key(held.slices))]
+    assert (y == 1).sum() >= 2 and (y == 0).sum() >= 2
+
+
+def test_too_few_labels_use_the_label_free_schedule(easy, tmp_path):
+    out = fit(paid(easy, budget=4), tmp_path / "run")
+    assert out["validation"] == "none" and out["val_labels"] == 0 and out["train_labels"] == 4
+    assert out["criterion"] == "last_epoch" and out["lr_factor"] == 1.0
+    assert out["best_epoch"] == out["epochs_run"] == 3                   # one learning rate, the last epoch kept
+    assert "label-free schedule" in out["selection"]
+    assert "val_exam_auc" not in runs.read_metrics(tmp_path / "run").columns   # no label outside the budget
+
+
+def test_paid_validation_is_recorded_and_counted(easy, tmp_path):
+    out = fit(paid(easy, budget=16), tmp_path / "run")
+    assert out["validation"] == "paid" and out["val_label_kind"] == "exam"
+    assert out["n_labels"] == 16 and out["train_labels"] + out["val_labels"] == 16 and out["val_labels"] >= 4
+    labels = runs.read_labels(tmp_path / "run")
+    assert labels["use"].value_counts().to_dict() == {"train": out["train_labels"], "val": out["val_labels"]}
+    metrics = runs.read_metrics(tmp_path / "run")
+    assert metrics["lr_factor"].tolist() == [0.5] * 3 + [1.0] * 3          # every learning rate of the grid ran
+    assert out["lr"] == pytest.approx(3e-3 * out["lr_factor"])
+    assert runs.read_config(tmp_path / "run").train.validation == "paid"
+
+
+def test_free_validation_counts_the_val_split(easy, tmp_path):
+    from ich.store import open_dataset
+
+    out = fit(paid(easy, budget=16, overrides={"train.validation": "free"}), tmp_path / "run")
+    ex = open_dataset(easy).exams
+    assert out["validation"] == "free" and out["train_labels"] == 16
+    assert out["val_labels"] == int(((ex["split"] == "val") & ex["label"].notna()).sum())
+
+
+@pytest.mark.parametrize("supervision, budget", [("weak", 16), ("strong", 40)])
+def test_model_selection_never_reads_the_test_split(easy, tmp_path, supervision, budget):
+    """Flip every test label: the chosen learning rate and epoch, and every validation number, stay the same."""
+    import shutil
+
+    flipped = tmp_path / "flipped"
+    shutil.copytree(easy, flipped)
+    ex, sl = pd.read_parquet(flipped / "exams.parquet"), pd.read_parquet(flipped / "slices.parquet")
+    test_ids = set(ex.loc[ex["split"] == "test", "exam_id"])
+    ex.loc[ex["split"] == "test", "label"] = 1 - ex.loc[ex["split"] == "test", "label"]
+    sl.loc[sl["exam_id"].isin(test_ids), "label"] = 1 - sl.loc[sl["exam_id"].isin(test_ids), "label"]
+    ex.to_parquet(flipped / "exams.parquet", index=False)
+    sl.to_parquet(flipped / "slices.parquet", index=False)
+    a = fit(paid(easy, supervision=supervision, budget=budget), tmp_path / "a")
+    b = fit(with_overrides(paid(easy, supervision=supervision, budget=budget), {"data.dataset": str(flipped)}),
+            tmp_path / "b")
+    assert a["validation"] == "paid"
+    for key in ("best_epoch", "lr_factor", "val_exam_auc", "val_slice_auc", "selection"):
+        assert a[key] == b[key] or (a[key] != a[key] and b[key] != b[key]), key
+    cols = [c for c in runs.read_metrics(tmp_path / "a").columns if c != "seconds"]
+    pd.testing.assert_frame_equal(runs.read_metrics(tmp_path / "a")[cols], runs.read_metrics(tmp_path / "b")[cols])
+    assert a["test_exam_auc"] == pytest.approx(1 - b["test_exam_auc"])    # the test split itself did change
+
+
+def test_kill_and_resume_inside_the_learning_rate_grid(easy, tmp_path):
+    cfg = paid(easy, budget=16)
+    full = fit(cfg, tmp_path / "full")
+
+    def kill_in_second_rate(event):
+        if event["phase"] == "val" and event["epoch"] == 4:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "cut", on_progress=kill_in_second_rate)
+    resumed = fit(None, tmp_path / "cut", resume=True)
+    assert strip(resumed) == strip(full)
+    pd.testing.assert_frame_equal(runs.read_predictions(tmp_path / "full")[1], runs.read_predictions(tmp_path / "cut")[1])
+
+
+def test_old_run_configs_keep_their_free_validation(easy, tmp_path):
+    import json
+
+    fit(tiny(easy, budget=6, overrides={"train.epochs": 1}), tmp_path / "old")
+    p = tmp_path / "old" / "config.json"
+    d = json.loads(p.read_text())
+    for key in ("validation", "lr_factors", "val_fraction", "val_min_per_class"):
+        d["train"].pop(key)
+    d["train"].pop("steps_per_epoch")
+    p.write_text(json.dumps(d))
+    cfg = runs.read_config(tmp_path / "old")
+    assert cfg.train.validation == "free" and cfg.train.lr_factors == (1.0,) and cfg.train.steps_per_epoch is None
