@@ -64,3 +64,32 @@ def fraction_significant(table: pd.DataFrame, level: float = 0.05) -> float:
     """Share of the weak-vs-strong comparisons with p < level (NaN when there is none)."""
     p = pd.to_numeric(table.get("p_value", pd.Series(dtype=float)), errors="coerce").dropna()
     return float((p < level).mean()) if len(p) else float(np.nan)
+
+
+def validation_note(cells: pd.DataFrame) -> str:
+    """One plain sentence on how a study's cells chose their models and which labels that cost.
+
+    Reads the ``validation`` / ``val_labels`` columns of the cell table (``study.summarise_study``);
+    studies from before paid validation used the free validation split.
+    """
+    done = cells[cells["state"] == "done"]
+    if done.empty:
+        return "Model selection: no finished cell yet."
+    modes = done["validation"].fillna("free").replace("", "free") if "validation" in done else \
+        pd.Series(["free"] * len(done))
+    n = len(done)
+    parts = []
+    paid, none, free = (int((modes == m).sum()) for m in ("paid", "none", "free"))
+    if paid:
+        parts.append(f"{paid} of {n} cells held out part of their own bought labels for validation (counted in "
+                     "their budget)")
+    if none:
+        parts.append(f"{none} of {n} cells had too few labels to hold any out and used the label-free schedule "
+                     "(fixed epochs, last epoch kept)")
+    if free:
+        v = pd.to_numeric(done.loc[modes == "free", "val_labels"], errors="coerce").dropna() \
+            if "val_labels" in done else pd.Series(dtype=float)
+        size = f"{int(v.iloc[0])} exam labels" if len(v) else "its exam labels"
+        parts.append(f"{free} of {n} cells selected on the fully labelled validation split ({size}, as the "
+                     "reference study; not part of the budget — the planner adds them to the cost)")
+    return "Model selection: " + "; ".join(parts) + ". The test split is never used to choose anything."

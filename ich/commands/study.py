@@ -42,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="RunConfig override for every cell, e.g. train.lr=3e-4 (repeatable)")
     p.add_argument("--name", help="a name for the study (informational)")
+    p.add_argument("--validation", help="paid (default: every cell selects its model on a share of its own budget) | "
+                                        "free (the fully labelled val split, as the reference; counted by the planner)")
     p.add_argument("--executor", default="local", help="local (process pool, default) | ray | inline (this process; debugging)")
     p.add_argument("--workers", type=int, help="cells at a time (local default: one per GPU, else one per core)")
     p.add_argument("--ray-address", help="a running Ray cluster (e.g. auto, ray://head:10001); default: local Ray")
@@ -73,6 +75,8 @@ def build_spec(args):
             raise ValueError(f"--seeds must be N or a comma-separated list of seeds, not {args.seeds!r}") from None
         seeds = list(range(vals[0])) if len(vals) == 1 and "," not in args.seeds else vals
     overrides = parse_overrides(args.set)
+    if args.validation:
+        overrides["train.validation"] = args.validation
     dataset = args.dataset
     if not dataset and args.preset == "quick":
         dataset = str(datasets_dir() / "phantom")

@@ -38,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss", help="focal | bce")
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--validation", help="paid (default: model selection on a share of the budget's own labels, "
+                                        "counted) | free (the fully labelled val split, as the reference; not in "
+                                        "the budget, added to the planner's cost)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. train.lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -54,7 +57,7 @@ def build_config(args):
     flags = {"model.encoder": args.encoder, "model.pooling": args.pooling,
              "model.attention_activation": args.attention_activation, "data.input_size": args.input_size,
              "train.epochs": args.epochs, "train.loss": args.loss, "train.device": args.device,
-             "train.threads": args.threads, "train.sampling": args.sampling}
+             "train.threads": args.threads, "train.sampling": args.sampling, "train.validation": args.validation}
     if args.windows:
         flags["data.windows"] = [w.strip() for w in args.windows.split(",") if w.strip()]
     flags = {k: v for k, v in flags.items() if v is not None}
