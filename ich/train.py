@@ -20,7 +20,8 @@ Model selection is paid for (``train.validation``):
   not part of the budget (the planner adds them to the cost).
 
 Each learning rate starts from the same initial weights and sees the same data order; the
-kept model is the best (learning rate, epoch) by the validation score (ties: the earlier one);
+kept model is the best (learning rate, epoch) by the validation score, ties broken by the lower
+validation loss (an AUC on a few held-out labels takes few values), then by the earlier one;
 ``patience`` (None by default) can stop a learning rate early.
 
 Supervision: ``weak`` = focal loss on the exam logit (attention MIL; exam labels only);
@@ -65,6 +66,18 @@ log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
 STATUS_EVERY_S = 2.0
+
+
+def _better(score: list[float], best: list[float]) -> bool:
+    """Lexicographic comparison of ``[criterion, tie-break]`` scores; NaN parts never win."""
+    for a, b in zip(score, best):
+        if math.isnan(a):
+            return False
+        if math.isnan(b) or a > b + 1e-9:
+            return True
+        if a < b - 1e-9:
+            return False
+    return False
 
 
 class Cancelled(Exception):
@@ -356,7 +369,7 @@ class _Trainer:
         self.setup()
         E = t.epochs
         total = E * len(self.factors)          # global epochs: learning rate k runs k*E+1 .. (k+1)*E
-        best = {"epoch": 0, "score": -math.inf, "state": None, "val_exam_auc": float("nan"),
+        best = {"epoch": 0, "score": [-math.inf, -math.inf], "state": None, "val_exam_auc": float("nan"),
                 "val_slice_auc": float("nan"), "lr_factor": None}
         cand, bad, start, elapsed = -1, 0, 1, 0.0
         if resume:
@@ -371,6 +384,9 @@ class _Trainer:
             self.opt.load_state_dict(last["optimizer"])
             self.sched.load_state_dict(last["scheduler"])
             best = dict(ckpt["best"], state=ckpt["model"])
+            if not isinstance(best.get("score"), (list, tuple)):      # checkpoints written before the tie-break
+                best["score"] = [float(best.get("score", -math.inf)), -math.inf]
+            best.setdefault("lr_factor", 1.0)
             bad, start, elapsed = last["bad"], ckpt["epoch"] + 1, last.get("seconds", 0.0)
             runs.truncate_metrics(self.run_dir, ckpt["epoch"])
             log.info("resuming %s after epoch %d", self.run_dir.name, ckpt["epoch"])
@@ -389,15 +405,15 @@ class _Trainer:
             row = {"epoch": g, "lr_factor": self.factors[k], "lr_epoch": epoch, "train_loss": train_loss,
                    "lr": self.opt.param_groups[0]["lr"]}
             if self.criterion == "last_epoch":               # label-free schedule: the last epoch is kept
-                best = {"epoch": g, "score": float(g), "val_exam_auc": float("nan"),
+                best = {"epoch": g, "score": [float(g), 0.0], "val_exam_auc": float("nan"),
                         "val_slice_auc": float("nan"), "lr_factor": self.factors[k], "state": self._trainable_state()}
             elif epoch % t.val_every == 0 or epoch == E:
                 pred = score_bags(self.model, self.eval_sets["val"], supervision=t.supervision, device=self.device,
                                   precision=self.precision, split="val")
                 s = summarize(pred)
                 row.update(val_exam_auc=s["exam_auc"], val_slice_auc=s["slice_auc"], val_loss=self._val_loss(pred))
-                score = -row["val_loss"] if self.criterion == "val_loss" else row[self.criterion]
-                if best["state"] is None or (not math.isnan(score) and score > best["score"] + 1e-9):
+                score = self._score(row)
+                if best["state"] is None or _better(score, best["score"]):
                     best = {"epoch": g, "score": score, "val_exam_auc": s["exam_auc"],
                             "val_slice_auc": s["slice_auc"], "lr_factor": self.factors[k],
                             "state": self._trainable_state()}
@@ -420,6 +436,13 @@ class _Trainer:
                 raise Cancelled()
         distributed.check_in_sync(self.model)
         return self.finish(best, elapsed, t0)
+
+    def _score(self, row: dict) -> list[float]:
+        """[criterion, -validation loss]: higher is better; the loss breaks ties of the AUC, which takes few
+        distinct values on a small validation set (ties would otherwise keep the earliest epoch)."""
+        loss = row.get("val_loss", float("nan"))
+        main = -loss if self.criterion == "val_loss" else row[self.criterion]
+        return [float(main), -float(loss)]
 
     def _start_candidate(self, k: int) -> None:
         """Learning rate k of the grid: the initial weights, a fresh optimiser and schedule at ``lr * factor``."""
