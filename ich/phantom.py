@@ -19,7 +19,16 @@ Masks are uint8 subtype codes: 0 = none, ``c`` = ``labels.SUBTYPES[c - 1]`` (1 e
 2 intraparenchymal, 3 intraventricular, 4 subarachnoid, 5 subdural). A voxel is labelled
 when at least ``MASK_THRESHOLD`` of it is blood (partial volume).
 
-Calibration of the ``default`` preset (the few-label goal: budgets must matter). The learners see
+Calibration of the ``default`` preset (the few-label goal: budgets must matter). How it was chosen,
+plainly: the table below was measured on the *test* split of phantom seed 0 — the phantom the
+README then evaluates — which ties the data to the conclusion. It is kept as history; the
+default was re-checked on a calibration phantom that is never evaluated (``synth --seed 100``,
+300 exams, the seed-0 label-free encoder, today's recipe with paid validation, 8 seeds, weak arm:
+``python -m ich study --dataset CALIB --init ENCODER --supervision weak --budgets 12,24,48 --seeds 8``;
+on a calibration phantom every split may be looked at): mean test exam AUC
+0.78 / 0.85 / 0.94 at 12 / 24 / 48 exam labels (sd 0.15 / 0.14 / 0.05) — budgets matter there
+too, neither at chance nor saturated, so the default stands without retuning. The atlas phantom
+(``ich.atlas``, when installed) is defined by clinical parameters only. The learners see
 slices at 128 px (1.875 mm per pixel) through a frozen, label-free pretrained compact encoder.
 Measured per held-out positive slice (linear probe on all training slice labels), detection is
 near chance below ~40 lesion pixels (~140 mm²) and near perfect above ~250 pixels, whatever the
