@@ -4,7 +4,11 @@ Three levels (paper-protocol.md §8):
 
 - **Exam** (``summarise``): AUC with a 95% CI (DeLong, or a stratified bootstrap), the ROC
   points, and sensitivity/specificity at the reference's operating points (the ROC point
-  nearest (0, 1), "closest" = the reference's cutoff "d"; and Youden's J).
+  nearest (0, 1), "closest" = the reference's cutoff "d"; and Youden's J). For a run, every
+  cutoff (operating points, sequence F1, the reference pixel selection) is fixed on the labels
+  the run used for model selection (``validation_thresholds``) and applied unchanged to the
+  test split; reading it off the test ROC, as the reference did, is kept only to reproduce the
+  published figures (``summarise(..., thresholds=None)``).
 - **Slice** (``summarise``): slice AUC and average precision of the slice probabilities and of
   the attention weights (as relative attention a·n, n = slices in the exam, so that the weak
   flag rule a >= 1/n is a >= 1 on every exam); and the hemorrhage-sequence F1 (§8.2) per
@@ -87,7 +91,7 @@ def _resolve_min_length(min_length: int | Mapping[str, int] | None, estimator: s
 
 # ------------------------------------------------------------------------------ exam + slice
 def exam_summary(y_true, y_score, *, level: float = 0.95, ci_method: str = "delong", n_boot: int = 2000,
-                 seed: int = 0, roc: bool = True) -> dict:
+                 seed: int = 0, roc: bool = True, thresholds: Mapping[str, float] | None = None) -> dict:
     """Exam-level figures: AUC with CI, AP, ROC points and the two operating points.
 
     Args:
@@ -95,6 +99,9 @@ def exam_summary(y_true, y_score, *, level: float = 0.95, ci_method: str = "delo
         y_score: (N,) exam scores (probabilities).
         level, ci_method, n_boot, seed: see ``metrics.auc_ci``.
         roc: include the ROC points (fpr, tpr, thresholds; the first threshold is +inf).
+        thresholds: {rule: threshold} fixed on other data (a run's validation split) and applied here;
+            None reads each rule's cutoff off this data's own ROC, as the reference study did (used to
+            reproduce its published figures, never to report a run of ours).
 
     Returns:
         dict with ``auc, auc_ci_low, auc_ci_high, ci_method, level, average_precision, n,
@@ -106,7 +113,11 @@ def exam_summary(y_true, y_score, *, level: float = 0.95, ci_method: str = "delo
     auc, lo, hi = M.auc_ci(y, s, level=level, method=ci_method, n_boot=n_boot, seed=seed)
     out = {"auc": auc, "auc_ci_low": lo, "auc_ci_high": hi, "ci_method": ci_method, "level": level,
            "average_precision": M.average_precision(y, s), "n": int(y.size), "n_positive": int(y.sum()),
-           "operating_points": {rule: M.operating_point(y, s, rule) for rule in ("closest", "youden")}}
+           "operating_points": ({rule: M.operating_point(y, s, rule) for rule in ("closest", "youden")}
+                                if thresholds is None else
+                                {rule: M.at_threshold(y, s, thresholds.get(rule, float("nan")))
+                                 for rule in ("closest", "youden")}),
+           "threshold_source": "this split's ROC (reference)" if thresholds is None else "validation"}
     if roc:
         fpr, tpr, thr = M.roc_points(y, s)
         out["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": thr.tolist()}
@@ -127,7 +138,7 @@ def _exam_groups(slices: pd.DataFrame) -> list[tuple[str, np.ndarray, np.ndarray
 
 
 def sequence_summary(exams: pd.DataFrame, slices: pd.DataFrame, *, estimator: str, cutoff: str = "closest",
-                     min_length: int | None = None, offset: int = 0) -> dict:
+                     min_length: int | None = None, offset: int = 0, threshold: float | None = None) -> dict:
     """Hemorrhage-sequence detection F1 of one estimator (paper-protocol.md §8.2), over exams
     whose every slice is labelled.
 
@@ -138,6 +149,8 @@ def sequence_summary(exams: pd.DataFrame, slices: pd.DataFrame, *, estimator: st
             pooled slice ROC for probability and the exam ROC for attention.
         min_length: minimum predicted-run length (default 4 probability, 2 attention).
         offset: slices of tolerance around each true run (0: TPR notebooks; 4: label-budget notebook).
+        threshold: the cutoff fixed on other data (a run's validation split); None reads it off this
+            data's own ROC, as the reference did.
 
     Returns:
         dict with ``estimator, cutoff, threshold, min_length, offset, f1, precision, recall,
@@ -161,13 +174,13 @@ def sequence_summary(exams: pd.DataFrame, slices: pd.DataFrame, *, estimator: st
     if estimator == "probability":
         y = np.concatenate([g[1] for g in groups])
         s = np.concatenate([g[2] for g in groups])
-        t = M.operating_point(y, s, cutoff)["threshold"]
+        t = M.operating_point(y, s, cutoff)["threshold"] if threshold is None else float(threshold)
         called = {g[0]: bool(np.max(g[2]) >= t) for g in groups}
     else:
         ex = exams.set_index("exam_id")
         ey, es = _float_array(ex["exam_label"]), _float_array(ex["exam_score"])
         keep = np.isfinite(ey) & np.isfinite(es)
-        t = M.operating_point(ey[keep], es[keep], cutoff)["threshold"]
+        t = M.operating_point(ey[keep], es[keep], cutoff)["threshold"] if threshold is None else float(threshold)
         score = dict(zip(ex.index, es))
         called = {g[0]: bool(score.get(g[0], nan) >= t) for g in groups}
     out["threshold"] = t
@@ -193,7 +206,7 @@ def sequence_summary(exams: pd.DataFrame, slices: pd.DataFrame, *, estimator: st
 def summarise(exams: pd.DataFrame, slices: pd.DataFrame, *, supervision: str, level: float = 0.95,
               ci_method: str = "delong", n_boot: int = 2000, seed: int = 0, cutoff: str = "closest",
               estimators: Sequence[str] | None = None, min_length: int | Mapping[str, int] | None = None,
-              offset: int = 0) -> dict:
+              offset: int = 0, thresholds: Mapping[str, Mapping[str, float]] | None = None) -> dict:
     """Exam- and slice-level figures of a run's predictions.
 
     Args:
@@ -206,6 +219,10 @@ def summarise(exams: pd.DataFrame, slices: pd.DataFrame, *, supervision: str, le
         estimators: sequence-F1 estimators to score (``ESTIMATORS``); default by supervision.
         min_length: an int for every estimator, or {estimator: int}; default 4 probability, 2 attention.
         offset: hit tolerance in slices (``metrics.sequence_f1``).
+        thresholds: ``{"exam": {rule: t}, "slice": {rule: t}}`` fixed on the run's validation split
+            (``validation_thresholds``): exam operating points and the attention estimator's cutoff use
+            the exam ones, the probability estimator's cutoff the slice ones. None reads them off these
+            predictions' own ROCs, as the reference did.
 
     Returns:
         ``{"exam": exam_summary(...), "slice": {"probability": {auc, average_precision, n,
@@ -220,14 +237,21 @@ def summarise(exams: pd.DataFrame, slices: pd.DataFrame, *, supervision: str, le
         check_choice("estimator", e, ESTIMATORS)
     ey, es = _float_array(exams["exam_label"]), _float_array(exams["exam_score"])
     keep = np.isfinite(ey) & np.isfinite(es)
-    exam = exam_summary(ey[keep], es[keep], level=level, ci_method=ci_method, n_boot=n_boot, seed=seed)
+    exam = exam_summary(ey[keep], es[keep], level=level, ci_method=ci_method, n_boot=n_boot, seed=seed,
+                        thresholds=None if thresholds is None else thresholds.get("exam", {}))
 
     sy, sp = _float_array(slices["slice_label"]), _float_array(slices["slice_score"])
     sa = _float_array(slices["attention"])
     n_per_exam = slices.groupby("exam_id")["index"].transform("size").to_numpy(dtype=np.float64)
     slice_part = {"probability": _auc_block(sy, sp), "attention": _auc_block(sy, sa * n_per_exam)}
+    def fixed(e: str) -> float | None:
+        if thresholds is None:
+            return None
+        return thresholds.get("exam" if e == "attention" else "slice", {}).get(cutoff, float("nan"))
+
     sequence = {e: sequence_summary(exams, slices, estimator=e, cutoff=cutoff,
-                                    min_length=_resolve_min_length(min_length, e), offset=offset)
+                                    min_length=_resolve_min_length(min_length, e), offset=offset,
+                                    threshold=fixed(e))
                 for e in estimators}
     counts = {"exams": int(len(exams)), "labelled_exams": int(keep.sum()), "positive_exams": int(np.nansum(ey)),
               "slices": int(len(slices)), "labelled_slices": int(np.isfinite(sy).sum()),
@@ -238,7 +262,7 @@ def summarise(exams: pd.DataFrame, slices: pd.DataFrame, *, supervision: str, le
 # ------------------------------------------------------------------------------ pixel level
 def select_pixel_slices(dataset, exams: pd.DataFrame, slices: pd.DataFrame, *, supervision: str = "weak",
                         selection: str = "lesion", cutoff: str = "closest", max_slices: int | None = 200,
-                        seed: int = 0) -> pd.DataFrame:
+                        seed: int = 0, thresholds: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
     """The slices whose heatmaps are scored: rows (exam_id, index) of predicted exams with a lesion mask.
 
     Args:
@@ -252,6 +276,8 @@ def select_pixel_slices(dataset, exams: pd.DataFrame, slices: pd.DataFrame, *, s
             restricted to lesion slices.
         max_slices: a seeded random subset of at most this many slices (None = all).
         seed: seeds that subset.
+        thresholds: validation cutoffs (``validation_thresholds``) for the reference selection; None
+            reads them off these predictions' ROC, as the reference did.
 
     Returns:
         DataFrame (exam_id, index) sorted by exam and slice; empty when nothing qualifies.
@@ -269,13 +295,15 @@ def select_pixel_slices(dataset, exams: pd.DataFrame, slices: pd.DataFrame, *, s
         if supervision == "strong":
             y, s = _float_array(slices["slice_label"]), _float_array(slices["slice_score"])
             keep = np.isfinite(y)
-            t = M.operating_point(y[keep], s[keep], cutoff)["threshold"]
+            t = (M.operating_point(y[keep], s[keep], cutoff)["threshold"] if thresholds is None
+                 else thresholds.get("slice", {}).get(cutoff, float("nan")))
             called = slices.groupby("exam_id")["slice_score"].max() >= t
             flag = _float_array(cand["slice_score"]) >= t
         else:
             ey, es = _float_array(exams["exam_label"]), _float_array(exams["exam_score"])
             keep = np.isfinite(ey) & np.isfinite(es)
-            t = M.operating_point(ey[keep], es[keep], cutoff)["threshold"]
+            t = (M.operating_point(ey[keep], es[keep], cutoff)["threshold"] if thresholds is None
+                 else thresholds.get("exam", {}).get(cutoff, float("nan")))
             called = pd.Series(es >= t, index=exams["exam_id"].to_numpy())
             n = slices.groupby("exam_id")["index"].size()
             flag = _float_array(cand["attention"]) >= 1.0 / cand["exam_id"].map(n).to_numpy(dtype=np.float64)
@@ -457,6 +485,37 @@ def load_predictions(run: str | os.PathLike, dataset: str | os.PathLike | None =
     return exams, slices, name
 
 
+def validation_thresholds(run: str | os.PathLike) -> dict:
+    """Cutoffs fixed on the labels a run used for model selection, to apply unchanged to test data.
+
+    Reads ``predictions-selection.parquet`` (written by training: the validation exams or slices
+    that chose the epoch and learning rate). Returns ``{"exam": {rule: t}, "slice": {rule: t},
+    "reason": str}``: exam cutoffs from the validation exam ROC, slice cutoffs from the pooled
+    validation slice ROC, ``nan`` where those labels do not exist (a weak run's paid validation has
+    exam labels only; the label-free schedule has none), with the reason in words. The test split
+    is never read here.
+    """
+    nan = float("nan")
+    out = {"exam": {r: nan for r in ("closest", "youden")}, "slice": {r: nan for r in ("closest", "youden")}}
+    if not runs.predictions_path(run, runs.SELECTION_PREDICTIONS).is_file():
+        out["reason"] = ("operating point not available: the run kept no validation predictions (label-free "
+                         "schedule, or trained before validation predictions were kept)")
+        return out
+    exams, slices = runs.read_predictions(run, runs.SELECTION_PREDICTIONS)
+    ey, es = _float_array(exams["exam_label"]), _float_array(exams["exam_score"])
+    keep = np.isfinite(ey) & np.isfinite(es)
+    sy, sp = _float_array(slices["slice_label"]), _float_array(slices["slice_score"])
+    skeep = np.isfinite(sy) & np.isfinite(sp)
+    for rule in ("closest", "youden"):
+        if keep.any():
+            out["exam"][rule] = M.operating_point(ey[keep], es[keep], rule)["threshold"]
+        if skeep.any():
+            out["slice"][rule] = M.operating_point(sy[skeep], sp[skeep], rule)["threshold"]
+    out["reason"] = (f"cutoffs fixed on the run's validation labels ({int(keep.sum())} exam, {int(skeep.sum())} "
+                     "slice labels) and applied unchanged")
+    return out
+
+
 def evaluate_run(run: str | os.PathLike, dataset: str | os.PathLike | None = None, *, split: str | None = None,
                  name: str | None = None, pixel: bool = True, pixel_methods: Sequence[str] = DEFAULT_PIXEL_METHODS,
                  selection: str = "lesion", max_pixel_slices: int | None = 200, device: str = "auto",
@@ -496,14 +555,16 @@ def evaluate_run(run: str | os.PathLike, dataset: str | os.PathLike | None = Non
     supervision = cfg.train.supervision
     result = {"run": Path(run).name, "dataset": dataset, "split": split,
               "prediction_name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    thresholds = validation_thresholds(run)      # never this split's own ROC: no test peeking
     result.update(summarise(exams, slices, supervision=supervision, level=level, ci_method=ci_method,
                             n_boot=n_boot, seed=seed, cutoff=cutoff, estimators=estimators,
-                            min_length=min_length, offset=offset))
+                            min_length=min_length, offset=offset, thresholds=thresholds))
+    result["thresholds"] = thresholds
     result["pixel"] = None
     if pixel:
         ds = open_dataset(dataset)
         rows = select_pixel_slices(ds, exams, slices, supervision=supervision, selection=selection,
-                                   cutoff=cutoff, max_slices=max_pixel_slices, seed=seed)
+                                   cutoff=cutoff, max_slices=max_pixel_slices, seed=seed, thresholds=thresholds)
         if len(rows):
             from ich.predict import resolve_device
 

@@ -451,6 +451,20 @@ def operating_point(y_true, y_score, rule: str = "closest") -> dict[str, float]:
     return {"threshold": float(thr[i]), "sensitivity": float(tpr[i]), "specificity": float(1.0 - fpr[i])}
 
 
+def at_threshold(y_true, y_score, threshold: float) -> dict[str, float]:
+    """Sensitivity and specificity of the rule "positive when score >= threshold" at a fixed threshold.
+
+    Used to apply a cutoff chosen on other data (the validation split) to this data; ``nan`` for a
+    ``nan`` threshold or a class that is absent.
+    """
+    y, s = _check_binary(y_true, y_score)
+    t = float(threshold)
+    pos, neg = y == 1, y == 0
+    sens = float(np.mean(s[pos] >= t)) if pos.any() and not math.isnan(t) else _NAN
+    spec = float(np.mean(s[neg] < t)) if neg.any() and not math.isnan(t) else _NAN
+    return {"threshold": t, "sensitivity": sens, "specificity": spec}
+
+
 # --------------------------------------------------------------- slice-level sequence F1
 def find_runs(mask_1d) -> list[tuple[int, int]]:
     """Runs of consecutive positive slices, in slice (z) order.

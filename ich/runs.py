@@ -5,14 +5,17 @@ Layout of ``<runs root>/<run name>/``::
     config.json          the frozen RunConfig (everything needed to rerun)
     status.json          state (queued | running | done | failed | cancelled), epoch, progress 0-1,
                          timestamps, error message, summary numbers
-    metrics.jsonl        one line per epoch: epoch, train_loss, val_exam_auc, val_slice_auc, lr, seconds
-    labels.parquet       the labels the budget bought (kind exam | slice, exam_id, index)
+    metrics.jsonl        one line per epoch (numbered across the learning-rate grid): epoch, lr_factor,
+                         lr_epoch, train_loss, val_exam_auc, val_slice_auc, val_loss, lr, seconds
+    labels.parquet       the labels the budget bought (kind exam | slice, exam_id, index, use train | val)
     checkpoint.pt        {"kind": "ich-run", "config", "model" (best weights), "epoch", "best",
                           "last": {weights, optimiser, scheduler, ...} while the run can resume,
                           "encoder_ref": frozen-encoder file + checksum on the fast path,
                           "encoder_config": the encoder's architecture options, e.g. its pooling}
     predictions.parquet  test split, one row per slice: exam_id, index, split, exam_score,
                          exam_label, slice_score, attention, slice_label
+    predictions-selection.parquet  the same for the labels that chose the model (validation): every
+                         cutoff reported for the run is fixed on these, never on the test split
     metrics.json         evaluation of the test split (``ich.evaluate.evaluate_run``); another
                          dataset's predictions and evaluation: predictions-<name>.parquet, metrics-<name>.json
     CANCEL               present when a cancel was requested (checked between epochs)
@@ -40,6 +43,8 @@ METRICS_FILE = "metrics.jsonl"
 LABELS_FILE = "labels.parquet"
 CHECKPOINT_FILE = "checkpoint.pt"
 PREDICTIONS_FILE = "predictions.parquet"
+#: Prediction name (predictions-selection.parquet) of the labels a run used for model selection.
+SELECTION_PREDICTIONS = "selection"
 EVALUATION_FILE = "metrics.json"
 CANCEL_FILE = "CANCEL"
 STATES = ("queued", "running", "done", "failed", "cancelled")

@@ -482,6 +482,10 @@ class _Trainer:
                    "lr": t.lr * factor, "lr_factor": factor, "selection": self.selection(best),
                    "supervision": t.supervision, "budget": t.budget, "seed": cfg.seed,
                    "device": str(self.device), "precision": self.precision}
+        if self.eval_sets["val"] is not None:    # kept so cutoffs are fixed on validation, never on test
+            pred = score_bags(self.model, self.eval_sets["val"], supervision=t.supervision, device=self.device,
+                              precision=self.precision, split="val")
+            runs.write_predictions(self.run_dir, pred, name=runs.SELECTION_PREDICTIONS)
         if self.eval_sets["test"] is not None:
             pred = score_bags(self.model, self.eval_sets["test"], supervision=t.supervision, device=self.device,
                               precision=self.precision, split="test")

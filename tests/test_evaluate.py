@@ -18,6 +18,7 @@ from ich.config import make_config
 from ich.evaluate import (compare_runs, evaluate_run, exam_summary, explain_run_exam, select_pixel_slices,
                           sequence_summary, summarise, summarise_pixels)
 from ich.store import DatasetWriter, open_dataset
+from ich.train import fit
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -46,6 +47,8 @@ def pred_table(exams: list[dict], split: str = "test") -> pd.DataFrame:
 def fake_run(root, name: str, exams: list[dict], *, supervision: str = "weak", dataset: str = "/nowhere/ds"):
     run = runs.create_run(root / name, make_config(dataset, preset="tiny", supervision=supervision))
     runs.write_predictions(run, pred_table(exams))
+    # validation predictions with the same scores, so the cutoffs fixed on them are the hand cases' ones
+    runs.write_predictions(run, pred_table(exams).assign(split="val"), name=runs.SELECTION_PREDICTIONS)
     return run
 
 
@@ -405,3 +408,57 @@ def test_explain_verb_writes_maps_and_overlays(trained_run, tmp_path, capsys):
     assert res["exam_score"] == pytest.approx(float(exams.set_index("exam_id").loc[exam, "exam_score"]), abs=1e-4)
     assert main(["explain", str(run), "--exam", exam, "--slices", "99", "--out", str(tmp_path / "y")]) == 2
     assert "slices must be positions 0.." in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ cutoffs fixed on validation
+def test_operating_points_apply_validation_cutoffs_and_never_read_test_labels():
+    """A cutoff read off the test ROC would differ; the validation one is applied unchanged, whatever test holds."""
+    from ich.evaluate import exam_summary
+
+    y_test = np.array([0, 0, 0, 1, 1, 1], float)
+    s_test = np.array([0.1, 0.2, 0.7, 0.6, 0.8, 0.9])
+    fixed = {"closest": 0.75, "youden": 0.75}
+    on_val = exam_summary(y_test, s_test, thresholds=fixed)
+    assert on_val["operating_points"]["closest"] == {"threshold": 0.75, "sensitivity": 2 / 3, "specificity": 1.0}
+    assert on_val["threshold_source"] == "validation"
+    own = exam_summary(y_test, s_test)                                   # the reference's rule, for reproduction
+    assert own["operating_points"]["closest"]["threshold"] != 0.75
+    flipped = exam_summary(1 - y_test, s_test, thresholds=fixed)
+    assert flipped["operating_points"]["closest"]["threshold"] == 0.75   # labels change figures, not the cutoff
+
+
+def test_evaluate_run_fixes_cutoffs_on_the_runs_validation_predictions(tmp_path):
+    from ich.evaluate import validation_thresholds
+
+    from _blobs import write_blob_dataset
+
+    ds = write_blob_dataset(tmp_path / "blobs", 32, seed=3, size=64, slices=(8, 12), contrast=60.0, noise=5.0,
+                            radius=0.1)
+    cfg = make_config(str(ds.path), preset="tiny", supervision="weak", seed=0,
+                      overrides={"train.epochs": 2, "train.threads": 1, "train.validation": "free"})
+    fit(cfg, tmp_path / "run")
+    th = validation_thresholds(tmp_path / "run")
+    m = evaluate_run(tmp_path / "run", pixel=False, write=False)
+    assert m["exam"]["threshold_source"] == "validation"
+    assert m["exam"]["operating_points"]["closest"]["threshold"] == pytest.approx(th["exam"]["closest"])
+    assert m["sequence"]["attention"]["threshold"] == pytest.approx(th["exam"]["closest"])
+    # the thresholds come from predictions-selection.parquet only: deleting the test predictions' labels
+    # cannot move them
+    exams, _ = runs.read_predictions(tmp_path / "run", runs.SELECTION_PREDICTIONS)
+    assert set(exams["split"]) == {"val"}
+
+
+def test_a_run_without_validation_predictions_reports_no_operating_point(tmp_path):
+    from ich.evaluate import validation_thresholds
+
+    from _blobs import write_blob_dataset
+
+    ds = write_blob_dataset(tmp_path / "blobs", 32, seed=3, size=64, slices=(8, 12), contrast=60.0, noise=5.0,
+                            radius=0.1)
+    cfg = make_config(str(ds.path), preset="tiny", supervision="weak", budget=4, seed=0,
+                      overrides={"train.epochs": 1, "train.threads": 1, "train.validation": "paid"})
+    fit(cfg, tmp_path / "run")                                           # 4 labels: the label-free schedule
+    th = validation_thresholds(tmp_path / "run")
+    assert "not available" in th["reason"] and math.isnan(th["exam"]["closest"])
+    m = evaluate_run(tmp_path / "run", pixel=False, write=False)
+    assert math.isnan(m["exam"]["operating_points"]["closest"]["sensitivity"])   # no fallback to the test ROC
