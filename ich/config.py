@@ -16,7 +16,7 @@ Presets (``PRESETS``; resolve one with ``make_config``):
   + masked), reference bag subsampling, no augmentation (torchio's affine costs as much CPU as
   the training step). Model selection is **paid for**: a stratified quarter of the bought
   labels (of the arm's own kind) is held out and chooses the learning rate (1e-3 x 0.3, 1, 3)
-  and the epoch; with fewer than 2 held-out labels of a class the run uses the label-free
+  and the epoch; with fewer than 4 held-out labels of a class the run uses the label-free
   schedule (lr 1e-3, 20 epochs, last epoch). No early stopping (patience None). Softmax, BCE and
   dropout 0.1 were picked on the easy phantom's *validation* exam AUC (weak, 100 exams, one
   seed: 0.78 against 0.72 for focal + sparsemax + dropout 0.5; within seed noise, so
@@ -219,7 +219,9 @@ class TrainConfig:
     validation: str = "paid"                # paid: model selection on a share of the bought labels (counted) |
                                             # free: on the dataset's fully labelled val split (reference; not counted)
     val_fraction: float = 0.25              # paid: share of the bought labels held out for model selection
-    val_min_per_class: int = 2              # paid: fewer positives or negatives held out -> label-free schedule
+    val_min_per_class: int = 4              # paid: fewer positives or negatives held out -> label-free schedule
+                                            # (4, not 2: chosen on calibration phantom seed 100, never evaluated:
+                                            # weak at 24 labels sd 0.14 -> 0.05 over 8 seeds, mean 0.85 -> 0.92)
     lr_factors: tuple[float, ...] = (0.3, 1.0, 3.0)  # learning rates tried (x lr), chosen on validation labels only
     exams_per_step: int = 4                 # weak/mixed: bags per optimiser step (padded + masked)
     slices_per_step: int = 32               # strong: slices per optimiser step
