@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pandas as pd
 import pytest
@@ -83,7 +84,7 @@ def _starts(study) -> list[str]:
 @pytest.fixture(scope="module")
 def half_then_resumed(tiny_dataset, encoder_file, tmp_path_factory):
     """A 2-cell tiny study with one variant run, one variant cell deleted, then resumed with a second variant."""
-    out = tmp_path_factory.mktemp("rob") / "s"
+    out = tmp_path_factory.mktemp("rob") / "studies" / "s"     # <data root>/studies/s: the Results page finds it
     spec = make_study("tiny", dataset=str(tiny_dataset), init=str(encoder_file), budgets=[8], seeds=[0],
                       overrides={"train.epochs": 2})
     seen = []
@@ -96,6 +97,7 @@ def half_then_resumed(tiny_dataset, encoder_file, tmp_path_factory):
     return out, first, seen
 
 
+@pytest.mark.slow
 def test_variants_run_after_the_base_study(half_then_resumed):
     out, first, seen = half_then_resumed
     assert first == {"base": ["weak-m8-s0", "strong-m8-s0"], "lr": ["weak-m8-s0", "strong-m8-s0"]}
@@ -105,6 +107,7 @@ def test_variants_run_after_the_base_study(half_then_resumed):
     assert json.loads((out / "progress.json").read_text())["total"] == 2   # the base study's progress is its own
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_cells(half_then_resumed):
     out, first, _ = half_then_resumed
     assert _starts(out) == first["base"]                                  # the base study: nothing rerun
@@ -115,6 +118,7 @@ def test_resume_skips_finished_cells(half_then_resumed):
     assert [v["name"] for v in read_record(out)["variants"]] == ["lr-triple", "loss-flip"]
 
 
+@pytest.mark.slow
 def test_study_verdict_plan_command_and_report(half_then_resumed, capsys):
     from ich.cli import main
     from ich.report import build_report
@@ -196,3 +200,28 @@ def test_no_nan_or_inf_in_sentences_or_tables():
     assert "learning rate ×⅓: no plan reaches exam AUC 0.85 under this recipe" in v.sentence
     v = verdict(empty, variants[:2], CostModel(), 0.85)
     assert v.sentence.startswith("No plan reaches exam AUC ≥ 0.85 (mean over seeds) under every recipe tried")
+
+
+@pytest.mark.slow
+def test_results_page_shows_the_verdict(half_then_resumed, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    out = half_then_resumed[0]
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("ICH_DATA", str(out.parent.parent))
+    monkeypatch.chdir(repo)
+    at = AppTest.from_file(str(repo / "pages" / "4_Results.py"), default_timeout=60)
+    at.session_state["results_target"] = 0.5
+    main = sys.modules["__main__"]
+    try:
+        at.run()
+    finally:
+        sys.modules["__main__"] = main   # AppTest runs the page as __main__; spawn-based pools would rerun it
+    assert not at.exception, at.exception
+    sentence = study_verdict(out, CostModel(), 0.5).sentence
+    shown = [e.value for kind in ("success", "warning", "info") for e in getattr(at, kind)]
+    assert sentence in shown
+    table = [d.value for d in at.dataframe if "flips?" in d.value.columns]
+    assert len(table) == 1 and list(table[0]["variant"])[1:] == ["learning rate ×3", "loss flipped (BCE ↔ focal)"]
