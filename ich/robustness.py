@@ -217,7 +217,7 @@ def plan_variants(spec: "StudyConfig", names: Sequence[str] | None = None) -> li
             for key, group in groups.items():
                 ch = changes[group[0].name]
                 sub = _sub_spec(spec, level, group, ch)
-                assert [c.name for c in plan_cells(sub)] == [c.name for c in group] or level == "study"
+                assert [c.name for c in plan_cells(sub)] == [c.name for c in group]
                 for c in plan_cells(sub):          # every variant config is valid before anything runs
                     cell_config(sub, c)
                 folder = "" if level == "study" else f"{key[0]}-m{key[1]}" if level == "arm-budget" else key[0]
@@ -464,10 +464,13 @@ def _sentence(base: Plan | None, outcomes: list[VariantOutcome], target: float, 
         def to(v: VariantOutcome) -> str:
             if v.plan is None:
                 return f"{v.label}: no plan reaches {what} {target:g} under this recipe"
+            if base is None:
+                return f"{v.label}: {describe_plan(v.plan)} reaches it"
             return f"{v.label}: {v.flip}, to {describe_plan(v.plan)}"
         head = (f"The cheapest plan for {goal} is {answer} with the study's recipe" if base else
                 f"With the study's recipe no plan reaches {goal}")
-        s = (f"{head}, but {len(flipped)} of {len(done)} recipe changes tried flip it — "
+        s = (f"{head}, but {len(flipped)} of {len(done)} recipe changes tried "
+             f"{'flips' if len(flipped) == 1 else 'flip'} it — "
              + "; ".join(to(v) for v in flipped) + ".")
     if waiting:
         s += f" Not finished yet: {', '.join(f'{v.label} ({v.detail})' if v.detail else v.label for v in waiting)}."

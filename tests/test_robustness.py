@@ -200,6 +200,11 @@ def test_no_nan_or_inf_in_sentences_or_tables():
     assert "learning rate ×⅓: no plan reaches exam AUC 0.85 under this recipe" in v.sentence
     v = verdict(empty, variants[:2], CostModel(), 0.85)
     assert v.sentence.startswith("No plan reaches exam AUC ≥ 0.85 (mean over seeds) under every recipe tried")
+    v = verdict(empty, [_done("loss-flip", "loss flipped (BCE ↔ focal)", BASE)], CostModel(), 0.85)
+    assert [o.flip for o in v.variants] == ["a plan reaches the target"]
+    assert v.sentence == ("With the study's recipe no plan reaches exam AUC ≥ 0.85 (mean over seeds), but 1 of 1 "
+                          "recipe changes tried flips it — loss flipped (BCE ↔ focal): weak, 24 exam labels (0.4 h, "
+                          "80 USD) reaches it.")
 
 
 @pytest.mark.slow
