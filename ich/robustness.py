@@ -456,10 +456,9 @@ def _sentence(base: Plan | None, outcomes: list[VariantOutcome], target: float, 
         s = (f"The study's answer for {goal}: {describe_plan(base) if base else 'no plan reaches it'}. "
              "No recipe variant has finished yet, so its robustness is not known.")
     elif not flipped:
-        if base:
-            s = f"The cheapest plan for {goal} is {answer} under every recipe tried ({len(done)} of them)."
-        else:
-            s = f"No plan reaches {goal} under every recipe tried ({len(done)} of them)."
+        tried = (f"under every recipe tried so far ({len(done)} of {len(done) + len(waiting)} finished)" if waiting
+                 else f"under every recipe tried ({len(done)} of them)")
+        s = f"The cheapest plan for {goal} is {answer} {tried}." if base else f"No plan reaches {goal} {tried}."
     else:
         def to(v: VariantOutcome) -> str:
             if v.plan is None:
@@ -506,9 +505,10 @@ def variant_tables(study: str | os.PathLike) -> list[dict]:
             n_all += len(cells)
             n_done += int((cells["state"] == "done").sum())
             aggs.append(agg)
-        planned = n_all if all(is_study(f) for f in folders) else None
-        complete = planned is not None and n_done == n_all and n_all > 0
-        detail = f"{n_done}/{n_all} cells done" if planned is not None else f"{n_done} cells done, some not started"
+        started = [f for f in folders if is_study(f)]
+        complete = len(started) == len(folders) and n_done == n_all and n_all > 0
+        detail = ("not started" if not started else f"{n_done}/{n_all} cells done" if len(started) == len(folders)
+                  else f"{n_done} cells done, {len(folders) - len(started)} of {len(folders)} study folders not started")
         aggregate = pd.concat([a for a in aggs if len(a)], ignore_index=True) if any(len(a) for a in aggs) else None
         out.append({**entry, "state": "done" if complete else "incomplete", "aggregate": aggregate,
                     "detail": "" if complete else detail})
