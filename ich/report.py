@@ -5,7 +5,8 @@ offline in any browser (no CDN, no external files). Sections: the answer in plai
 (labels needed and the strong/weak label ratio at equal AUC, the cheapest plan per target),
 learning curves against labels, annotator hours and money (``ich.figures``), ROC curves and
 the slice strip of one test exam at the largest budget, the power-law fits (``ich.curves``),
-the plan table (``ich.planner``), every cell, and the study spec with the cost model.
+the plan table (``ich.planner``), every cell, and the study spec with the cost model; for a study
+run with ``--robustness``, whether the cheapest plan survives the recipe variants (``ich.robustness``).
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def build_report(study: str | os.PathLike, *, cost: CostModel | None = None, tar
         targets = common_targets(good)
         if not targets and len(aggregate) and aggregate[metric].notna().any():
             best = aggregate.groupby("arm")[metric].max().max()
-            targets = sorted({round(float(best) - 0.02, 3), round(float(best), 3)})
+            targets = sorted({t for t in (round(float(best) - 0.02, 3), round(float(best), 3)) if 0 < t <= 1})
     targets = list(targets or [])
     arms = {a: (s, f) for a, s, f in spec.arms}
 
@@ -157,6 +158,9 @@ def build_report(study: str | os.PathLike, *, cost: CostModel | None = None, tar
                  f"needs for the same {html.escape(metric)} (power-law fits, 95% bootstrap intervals over seeds). "
                  f"The reference study reports weak learners trained on all of RSNA needing about "
                  f"{REFERENCE_RATIO}× fewer labels (the number of slices per exam; paper-protocol.md §9.1).</p></div>")
+
+    # ---------------------------------------------------------------- robustness (study run with --robustness)
+    parts += _robustness_section(study, cost, targets, metric)
 
     # ---------------------------------------------------------------- curves
     parts.append("<h2>Learning curves</h2><p class='note'>Mean over seeds with its 95% CI (Student t), every seed "
@@ -259,6 +263,21 @@ def build_report(study: str | os.PathLike, *, cost: CostModel | None = None, tar
     body = "\n".join(parts)
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Study "
             f"{html.escape(spec.name or Path(study).name)}</title><style>{CSS}</style></head><body>{body}</body></html>")
+
+
+def _robustness_section(study, cost: CostModel, targets: Sequence[float], metric: str) -> list[str]:
+    """Does the cheapest plan survive the recipe variants (``ich.robustness``)? Nothing when the study has none."""
+    from ich.robustness import has_robustness, study_verdict
+
+    if not has_robustness(study) or not targets:
+        return []
+    out = ["<h2>Robustness of the answer</h2><p class='note'>The same grid rerun under recipe changes "
+           "(<code>python -m ich study ... --robustness</code>); cheapest observed plan by mean AUC over seeds.</p>"]
+    for t in targets:
+        v = study_verdict(study, cost, t, metric=metric)
+        out.append(f"<div class='key'><p>{html.escape(v.sentence)}</p></div>")
+        out.append(_table(pd.DataFrame(v.rows()), ["variant", "change", "cheapest plan", "cost", "flips?"]))
+    return out
 
 
 def write_report(study: str | os.PathLike, out: str | os.PathLike | None = None, **kwargs) -> Path:

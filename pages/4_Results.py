@@ -9,6 +9,7 @@ from ich.figures import learning_curve_figure, roc_figure
 from ich.planner import CostModel, cheapest_plan
 from ich.report import build_report
 from ich.results import fraction_significant, roc_curves, weak_vs_strong
+from ich.robustness import has_robustness, study_verdict
 from ich.study import is_study, read_progress, summarise_study
 
 st.set_page_config(page_title="Results · ICH lab", layout="wide")
@@ -78,6 +79,12 @@ if weak and strong:
     r = label_ratio(strong, weak, target)
     st.markdown(f"At AUC {target:.2f} the fitted curves need **{r['ratio']:.1f}×** as many slice labels as exam "
                 f"labels (95% interval {r['low']:.1f}–{r['high']:.1f}); the reference study reports ≈35× on RSNA.")
+if has_robustness(study):   # run with --robustness: does the cheapest plan survive changes of the training recipe?
+    robust = study_verdict(study, cost, target)
+    (st.success if robust.robust else st.warning if robust.flipped else st.info)(robust.sentence)
+    st.dataframe(pd.DataFrame(robust.rows()), hide_index=True)
+    st.caption("Each row reruns the whole study (same arms, budgets, seeds and encoder) with one change to the "
+               "training recipe; “flips?” says whether the cheapest plan for this target changes arm or budget.")
 
 c = st.columns(2)
 with c[0]:

@@ -27,6 +27,7 @@ def run(args) -> int:
     from ich.commands.report import cost_from_args
     from ich.curves import fit_study_curves
     from ich.planner import cheapest_plan, fitted_plans
+    from ich.robustness import has_robustness, study_verdict
     from ich.study import read_study, summarise_study
 
     cost = cost_from_args(args)
@@ -37,10 +38,15 @@ def run(args) -> int:
     observed = cheapest_plan(aggregate, cost, args.target, criterion=args.criterion, metric=args.metric)
     fits = fit_study_curves(cells, metric=args.metric)
     fitted = fitted_plans(fits, {a: (s, f) for a, s, f in spec.arms}, cost, args.target)
+    robust = None
+    if has_robustness(args.study):   # the study was run with --robustness: does the answer survive the variants?
+        robust = study_verdict(args.study, cost, args.target, criterion=args.criterion, metric=args.metric)
     if args.json:
         print(json.dumps({"target": args.target, "cost_model": cost.to_dict(),
                           "observed": observed.to_dict() if observed else None,
-                          "fitted": [p.to_dict() for p in fitted]}, indent=2, default=str))
+                          "fitted": [p.to_dict() for p in fitted],
+                          "robustness": robust and {"sentence": robust.sentence, "table": robust.rows()}},
+                         indent=2, default=str))
         return 0 if observed or fitted else 1
     print(f"target {args.metric} {args.target:g} (criterion {args.criterion}); cost: "
           f"{cost.seconds_per_exam_label:g} s/exam label, {cost.seconds_per_slice_label:g} s/slice label, "
@@ -56,4 +62,8 @@ def run(args) -> int:
     for arm, fit in fits.items():
         if isinstance(fit, str):
             print(f"no fit for {arm}: {fit}")
+    if robust is not None:
+        print("robustness: " + robust.sentence)
+        for r in robust.rows():
+            print(f"  {r['variant']}: {r['cheapest plan']}" + (f" [flips? {r['flips?']}]" if r["flips?"] else ""))
     return 0 if observed or fitted else 1

@@ -49,6 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", help="a running Ray cluster (e.g. auto, ray://head:10001); default: local Ray")
     p.add_argument("--cpus-per-cell", type=float, help="Ray: CPUs per cell task (default 1)")
     p.add_argument("--gpus-per-cell", type=float, help="Ray: GPUs per cell task (default 1 when GPUs exist, else 0)")
+    p.add_argument("--robustness", action="store_true",
+                   help="after the study, rerun its grid under recipe variants (ich.robustness: learning rate x1/3 "
+                        "and x3, patience, steps per epoch, sparsemax/softmax, BCE/focal) in STUDY/robustness/; "
+                        "`python -m ich plan STUDY --target T` then says whether the cheapest plan survives them")
     p.add_argument("--resume", action="store_true", help="continue the study in --out with its saved spec")
     p.add_argument("--dry-run", action="store_true", help="print the resolved spec and the cells, run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -111,19 +115,24 @@ def run(args) -> int:
     def on_progress(p: dict) -> None:
         if args.quiet:
             return
-        print(f"[{time.perf_counter() - t0:7.1f}s] {p.get('state')}: {p.get('done')}/{p.get('total')} done, "
+        where = f"robustness {p['variant']} " if p.get("variant") else ""
+        print(f"[{time.perf_counter() - t0:7.1f}s] {where}{p.get('state')}: {p.get('done')}/{p.get('total')} done, "
               f"{p.get('running')} running, {p.get('failed')} failed" + (f" (last {p['last']})" if p.get("last") else ""),
               file=sys.stderr, flush=True)
 
-    cells, aggregate = run_study(spec, args.out, executor=args.executor, workers=args.workers,
-                                 ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell,
-                                 gpus_per_cell=args.gpus_per_cell, on_progress=on_progress)
+    launch = run_study
+    if args.robustness:
+        from ich.robustness import run_robustness as launch
+    cells, aggregate = launch(spec, args.out, executor=args.executor, workers=args.workers,
+                              ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell,
+                              gpus_per_cell=args.gpus_per_cell, on_progress=on_progress)
     cols = ["arm", "budget", "n_seeds", "exam_auc", "exam_auc_ci_low", "exam_auc_ci_high", "sequence_f1"]
     if len(aggregate):
         print(aggregate[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     failed = cells[cells["state"] != "done"]
     print(f"study {args.out}: {len(cells) - len(failed)}/{len(cells)} cells done in {time.perf_counter() - t0:.1f} s; "
-          f"summary: {args.out}/summary.csv")
+          f"summary: {args.out}/summary.csv" + (f"; recipe variants: {args.out}/robustness/ (verdict: "
+                                                f"python -m ich plan {args.out} --target T)" if args.robustness else ""))
     if len(failed):
         print(f"{len(failed)} cells did not finish ({', '.join(failed['run'].map(lambda r: r.rsplit('/', 1)[-1])[:5])}"
               f"{', ...' if len(failed) > 5 else ''}); rerun the same command to retry them", file=sys.stderr)
