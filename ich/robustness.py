@@ -63,8 +63,8 @@ def _lr(factor: float) -> Callable[["RunConfig"], dict | str]:
 def _patience(kind: str) -> Callable[["RunConfig"], dict | str]:
     def change(cfg):
         p = cfg.train.patience
-        if p is None:
-            return "the recipe has no early stopping (patience is None), so there is no patience to change"
+        if p is None:     # no early stopping in the recipe: try stopping after a quarter / half of the epochs
+            return {"train.patience": max(1, cfg.train.epochs // (4 if kind == "half" else 2))}
         new = math.ceil(p / 2) if kind == "half" else 2 * p
         if new == p:
             return f"patience {p} cannot be halved"

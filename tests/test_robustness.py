@@ -48,12 +48,13 @@ def test_variant_overrides_are_read_from_the_cell_config(tiny_dataset, encoder_f
     assert cfg.train.lr == 0.002 and cfg.train.epochs == 3 and cfg.train.steps_per_epoch == 6
 
 
-def test_missing_patience_is_skipped_and_one_pass_steps_are_per_cell(tiny_dataset, encoder_file):
+def test_missing_patience_tries_early_stopping_and_one_pass_steps_are_per_cell(tiny_dataset, encoder_file):
     spec, _ = resolve_study(make_study("tiny", dataset=str(tiny_dataset), init=str(encoder_file)))
     assert cell_config(spec, plan_cells(spec)[0]).train.patience is None     # the tiny run preset
     assert cell_config(spec, plan_cells(spec)[0]).train.steps_per_epoch is None
     plans = {p.name: p for p in plan_variants(spec, ["patience-half", "steps-half", "steps-double"])}
-    assert "no early stopping" in plans["patience-half"].skipped and not plans["patience-half"].parts
+    # no early stopping in the recipe: the variants stop after a quarter (half) of the 3 epochs
+    assert dict(plans["patience-half"].overrides) == {"train.patience": 1} and not plans["patience-half"].skipped
     # one pass: weak 4 exams / 4 per step = 1 step, weak 8 = 2, strong 4 or 8 slices / 32 per step = 1
     steps = {c.name: one_pass_steps(cell_config(spec, c)) for c in plan_cells(spec)}
     assert steps == {"weak-m4-s0": 1, "strong-m4-s0": 1, "weak-m8-s0": 2, "strong-m8-s0": 1,
