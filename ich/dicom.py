@@ -28,7 +28,6 @@ No patient-identifying value leaves this module: PatientID becomes a keyed pseud
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import signal
@@ -150,8 +149,11 @@ def check_on_error(on_error: str) -> str:
 
 
 def key_hash(value: object) -> str:
-    """A 16-hex-digit SHA-256 key: a stable stand-in for an identifying value (PatientID, UIDs)."""
-    return hashlib.sha256(str(value).encode("utf-8")).hexdigest()[:16]
+    """A 16-hex-digit keyed pseudonym (HMAC-SHA256, ``ich.pseudonyms``) for an identifying value
+    (PatientID, UIDs): stable on this installation, not reversible without its key."""
+    from ich.pseudonyms import pseudonym
+
+    return pseudonym(value, kind="dicom", length=16)
 
 
 # --------------------------------------------------------------------------- header index
@@ -160,7 +162,7 @@ def key_hash(value: object) -> str:
 class SliceHeader:
     """The header fields ich needs from one image file (no pixels).
 
-    PatientID is only kept as a hash; names, dates and other identifying tags are never read.
+    PatientID is only kept as a keyed pseudonym; names, dates and other identifying tags are never read.
     The UIDs stay in memory (grouping, label and box joins); importers write them only where
     the source is anonymised by design (RSNA's ``ID_<hex>`` series ids become exam ids).
     """
@@ -169,7 +171,7 @@ class SliceHeader:
     sop_uid: str
     series_uid: str
     study_uid: str
-    patient_key: str                 # key_hash(PatientID); "" when the file has no PatientID
+    patient_key: str                 # key_hash(PatientID), keyed; "" when the file has no PatientID
     modality: str
     transfer_syntax: str
     rows: int
