@@ -912,6 +912,7 @@ def decode_task(headers, decoders, size, on_error, fix12) -> DecodedSeries:
 
 def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and shuts the pool down
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the CLI's handler inherited by fork: a worker just ends
     import torch
 
     torch.set_num_threads(1)
