@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -234,7 +235,8 @@ def _is_dicom_candidate(path: Path) -> bool:
 def list_dicom_files(root: str | os.PathLike) -> list[Path]:
     """All DICOM files under ``root`` (recursive, sorted): ``*.dcm``-like names, or no suffix and a DICM preamble.
 
-    Hidden files and folders are skipped.
+    Hidden files and folders are skipped, and so is anything that is not a regular file (a FIFO, socket
+    or device would block or never end when read); those are counted in a log line.
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
@@ -245,13 +247,24 @@ def list_dicom_files(root: str | os.PathLike) -> list[Path]:
         raise FileNotFoundError(f"{root} does not exist; give the folder that holds the DICOM files")
     if root.is_file():
         return [root]
-    out = []
+    out, special = [], 0
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             p = Path(dirpath) / name
-            if not name.startswith(".") and _is_dicom_candidate(p):
+            if name.startswith("."):
+                continue
+            try:
+                regular = stat.S_ISREG(os.stat(p).st_mode)  # follows links: a link to a regular file is read
+            except OSError:
+                regular = False  # a dangling link
+            if not regular:
+                special += 1
+            elif _is_dicom_candidate(p):
                 out.append(p)
+    if special:
+        log.warning("%s: skipped %d entries that are not regular files (FIFOs, sockets, devices, broken links)",
+                    root, special)
     if not out:
         raise ValueError(
             f"{root} holds no DICOM files (looked recursively for *.dcm files and files with a DICM preamble); "

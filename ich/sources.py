@@ -152,10 +152,11 @@ def _begin(source: str, src, out, *, size: int, workers: int, on_error: str, ove
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, not {workers!r}")
     src = Path(src)
+    what = "the folder that holds the DICOM series" if source == "folder" else f"the {source} dataset folder"
     if not src.exists():
-        raise FileNotFoundError(f"{src} does not exist; give the {source} dataset folder")
+        raise FileNotFoundError(f"{src} does not exist; give {what}")
     if not src.is_dir():
-        raise NotADirectoryError(f"{src} is a file; give the {source} dataset folder")
+        raise NotADirectoryError(f"{src} is not a folder; give {what}")
     writer = DatasetWriter(out, source=source, size=size, overwrite=overwrite, split_seed=split_seed)
     return src, writer, ImportReport(source, src, size=size, workers=workers, on_error=on_error)
 

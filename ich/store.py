@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ich.labels import SPLITS, SUBTYPES
+from ich.paths import check_out_folder
 from ich.preprocess import HU_MAX, HU_MIN, resize, to_int16_hu
 
 FORMAT = "ich-dataset/1"
@@ -151,7 +152,7 @@ class DatasetWriter:
     def __init__(self, out: str | os.PathLike, *, source: str, size: int = 256,
                  split_fractions: tuple[float, float, float] = DEFAULT_SPLIT, split_seed: int = 0,
                  overwrite: bool = False, name: str | None = None):
-        self.out = Path(out)
+        self.out = check_out_folder(out)
         if not isinstance(size, int) or not 16 <= size <= 1024:
             raise ValueError(f"size must be an integer between 16 and 1024 pixels, not {size!r}")
         if self.out.exists():

@@ -488,3 +488,37 @@ def test_folder_and_file_names_never_reach_ids_tables_or_file_names(tmp_path):
     assert str(tmp_path) not in meta and str(tmp_path.resolve()) not in meta  # no absolute source path
     assert json.loads(meta)["report"]["drops"][0]["item"].endswith("broken.dcm")  # relative, still useful
     assert sops  # the fixture wrote the series under the patient-named folder
+
+
+def test_fifo_and_other_special_files_in_an_import_folder_are_skipped_not_waited_on(trees, tmp_path):
+    import os
+    import threading
+
+    src, truth = _copy(trees, "folder", tmp_path)
+    fifos = [src / "patA" / "pipe", src / "patB" / "head" / "pipe.dcm"]  # no suffix, and a DICOM suffix
+    for f in fifos:
+        os.mkfifo(f)
+    os.symlink(src / "missing.dcm", src / "patA" / "dangling.dcm")
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(report=_run("folder", src, tmp_path / "out")),
+                              daemon=True)
+    thread.start()
+    thread.join(60)
+    if thread.is_alive():  # the old code blocks in open(): give it a writer so the thread can end
+        for f in fifos:
+            try:
+                os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+    assert not thread.is_alive(), "the import hung on a FIFO"
+    assert result["report"]["exams"] == 4 and result["report"]["files"]["dicom"] == 18
+
+
+@pytest.mark.parametrize("source,expected", [("folder", "give the folder that holds the DICOM series"),
+                                             ("rsna", "give the rsna dataset folder")])
+def test_missing_source_wording(tmp_path, source, expected):
+    with pytest.raises(FileNotFoundError, match=f"does not exist; {expected}$"):
+        _run(source, tmp_path / "nowhere", tmp_path / "out")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match=f"is not a folder; {expected}$"):
+        _run(source, tmp_path / "file", tmp_path / "out")
