@@ -4,6 +4,8 @@ Each verb module defines ``add_arguments(parser)`` and ``run(args) -> int``; its
 docstring's first line is the verb's help. Verbs are discovered, so adding one never
 touches this file. User mistakes (``ValueError``, ``FileNotFoundError``,
 ``FileExistsError``, ``RuntimeError``) print one clear line and exit 2, never a traceback.
+SIGTERM (``kill``, ``jobs cancel``) is handled like Ctrl-C: it raises ``KeyboardInterrupt`` in
+the command, so temporary folders are removed on the way out (exit 143).
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
+import signal
 import sys
+import threading
 
 import ich.commands
 
@@ -51,6 +56,21 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    terminated, pid = [], os.getpid()
+
+    def on_sigterm(signum, _frame):
+        # once only: `jobs cancel` signals the whole group and the job worker forwards it too, and a
+        # second KeyboardInterrupt must not cut the clean-up short (SIGKILL still ends a stuck command)
+        if os.getpid() != pid:  # a forked worker inherited this handler: end as SIGTERM always did
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        if not terminated:
+            terminated.append(signum)
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    in_main = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main else None
     try:
         return int(args._run(args) or 0)
     except USER_ERRORS as err:
@@ -58,5 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print("terminated (SIGTERM); stopped as for Ctrl-C" if terminated else "interrupted", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)

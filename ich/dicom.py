@@ -17,16 +17,21 @@ Compressed transfer syntaxes are decoded by python-gdcm (pylibjpeg and the other
 pydicom knows are used when gdcm is missing); when no decoder is installed the error
 names the file, the syntax and the package to install.
 
-No patient-identifying value leaves this module: PatientID becomes a SHA-256 key,
-names and dates are never read into the returned objects.
+Decode bombs are refused from the header alone: before any decoder runs, every file's
+Rows x Columns, NumberOfFrames and decoded bytes are checked against ``DecodeLimits``
+(``ICH_MAX_PIXELS``, ``ICH_MAX_FRAMES``, ``ICH_MAX_SLICE_BYTES`` raise them), so a tiny
+RLE file whose header claims 60000 x 60000 pixels costs a clear refusal, not gigabytes.
+
+No patient-identifying value leaves this module: PatientID becomes a keyed pseudonym
+(``ich.pseudonyms``), names and dates are never read into the returned objects.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import signal
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -58,7 +63,7 @@ _POSITION_TOL_MM = 1e-3
 class DicomError(ValueError):
     """A DICOM input problem: a bad file or a series ich cannot read.
 
-    ``kind`` names the problem for import reports (``corrupt``, ``not_ct``, ``mixed_series``,
+    ``kind`` names the problem for import reports (``corrupt``, ``too_large``, ``not_ct``, ``mixed_series``,
     ``missing_position``, ``duplicate_position``, ``inconsistent_size``, ``mixed_orientation``,
     ``multi_frame``, ``no_pixels``); ``path`` is the file concerned (or None).
     """
@@ -73,6 +78,70 @@ class DecoderMissingError(RuntimeError):
     """No installed package can decode a compressed transfer syntax (an environment problem)."""
 
 
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one image file may claim in its header before ich refuses to decode it (decode-bomb guard).
+
+    A head CT slice is 512 x 512 (some 1024 x 1024) pixels of 16 bits, one frame per file, so the
+    defaults leave a wide margin while keeping one decoded slice under 64 MiB.
+    Each limit can be raised with an environment variable (read by ``from_env``).
+    """
+
+    max_pixels: int = 4096 * 4096          # Rows x Columns of one frame; env ICH_MAX_PIXELS
+    max_frames: int = 1024                 # NumberOfFrames of one file; env ICH_MAX_FRAMES
+    max_slice_bytes: int = 64 * 2**20      # decoded bytes of one file (all frames); env ICH_MAX_SLICE_BYTES
+
+    ENV = {"max_pixels": "ICH_MAX_PIXELS", "max_frames": "ICH_MAX_FRAMES", "max_slice_bytes": "ICH_MAX_SLICE_BYTES"}
+
+    def __post_init__(self):
+        for name in self.ENV:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"DecodeLimits.{name} must be a positive integer, not {value!r}")
+
+    @classmethod
+    def from_env(cls) -> "DecodeLimits":
+        """The defaults, with any ``ICH_MAX_PIXELS`` / ``ICH_MAX_FRAMES`` / ``ICH_MAX_SLICE_BYTES`` applied."""
+        values = {}
+        for name, env in cls.ENV.items():
+            raw = os.environ.get(env, "").strip()
+            if raw:
+                try:
+                    values[name] = int(raw)
+                except ValueError:
+                    raise ValueError(f"{env} must be a positive integer, not {raw!r}; unset it to use the "
+                                     f"default {getattr(cls, name)}") from None
+        return cls(**values)
+
+    def check(self, path, *, rows: int, cols: int, n_frames: int, bits_allocated: int, samples: int) -> None:
+        """Raise ``DicomError(kind="too_large")`` when a header claims more than the limits allow.
+
+        Only header values are used (no pixel is read or decoded).
+        """
+        pixels = rows * cols
+        n_bytes = pixels * max(1, samples) * max(1, n_frames) * max(1, -(-bits_allocated // 8))
+        found = None
+        if pixels > self.max_pixels:
+            found = (f"{rows} x {cols} = {pixels:,} pixels per frame, the limit is {self.max_pixels:,}",
+                     "ICH_MAX_PIXELS")
+        elif n_frames > self.max_frames:
+            found = f"{n_frames:,} frames, the limit is {self.max_frames:,}", "ICH_MAX_FRAMES"
+        elif n_bytes > self.max_slice_bytes:
+            found = (f"{n_bytes / 2**20:,.0f} MiB of decoded pixels, the limit is "
+                     f"{self.max_slice_bytes / 2**20:,.0f} MiB", "ICH_MAX_SLICE_BYTES")
+        if found:
+            what, env = found
+            raise DicomError(
+                f"{path}: refused before decoding: the header claims {what} (a head CT slice is about 512 x 512). "
+                f"The file is damaged or hostile; remove it, or if the image really is that large, raise the "
+                f"limit with the environment variable {env}", kind="too_large", path=path)
+
+
+def decode_limits() -> DecodeLimits:
+    """The limits in force (defaults plus environment overrides), read at each call."""
+    return DecodeLimits.from_env()
+
+
 def check_on_error(on_error: str) -> str:
     """Validate a strictness mode: ``"raise"`` stops at the first bad input, ``"skip"`` drops and reports it."""
     if on_error not in ON_ERROR:
@@ -81,8 +150,11 @@ def check_on_error(on_error: str) -> str:
 
 
 def key_hash(value: object) -> str:
-    """A 16-hex-digit SHA-256 key: a stable stand-in for an identifying value (PatientID, UIDs)."""
-    return hashlib.sha256(str(value).encode("utf-8")).hexdigest()[:16]
+    """A 16-hex-digit keyed pseudonym (HMAC-SHA256, ``ich.pseudonyms``) for an identifying value
+    (PatientID, UIDs): stable on this installation, not reversible without its key."""
+    from ich.pseudonyms import pseudonym
+
+    return pseudonym(value, kind="dicom", length=16)
 
 
 # --------------------------------------------------------------------------- header index
@@ -91,7 +163,7 @@ def key_hash(value: object) -> str:
 class SliceHeader:
     """The header fields ich needs from one image file (no pixels).
 
-    PatientID is only kept as a hash; names, dates and other identifying tags are never read.
+    PatientID is only kept as a keyed pseudonym; names, dates and other identifying tags are never read.
     The UIDs stay in memory (grouping, label and box joins); importers write them only where
     the source is anonymised by design (RSNA's ``ID_<hex>`` series ids become exam ids).
     """
@@ -100,7 +172,7 @@ class SliceHeader:
     sop_uid: str
     series_uid: str
     study_uid: str
-    patient_key: str                 # key_hash(PatientID); "" when the file has no PatientID
+    patient_key: str                 # key_hash(PatientID), keyed; "" when the file has no PatientID
     modality: str
     transfer_syntax: str
     rows: int
@@ -163,7 +235,8 @@ def _is_dicom_candidate(path: Path) -> bool:
 def list_dicom_files(root: str | os.PathLike) -> list[Path]:
     """All DICOM files under ``root`` (recursive, sorted): ``*.dcm``-like names, or no suffix and a DICM preamble.
 
-    Hidden files and folders are skipped.
+    Hidden files and folders are skipped, and so is anything that is not a regular file (a FIFO, socket
+    or device would block or never end when read); those are counted in a log line.
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
@@ -174,13 +247,24 @@ def list_dicom_files(root: str | os.PathLike) -> list[Path]:
         raise FileNotFoundError(f"{root} does not exist; give the folder that holds the DICOM files")
     if root.is_file():
         return [root]
-    out = []
+    out, special = [], 0
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             p = Path(dirpath) / name
-            if not name.startswith(".") and _is_dicom_candidate(p):
+            if name.startswith("."):
+                continue
+            try:
+                regular = stat.S_ISREG(os.stat(p).st_mode)  # follows links: a link to a regular file is read
+            except OSError:
+                regular = False  # a dangling link
+            if not regular:
+                special += 1
+            elif _is_dicom_candidate(p):
                 out.append(p)
+    if special:
+        log.warning("%s: skipped %d entries that are not regular files (FIFOs, sockets, devices, broken links)",
+                    root, special)
     if not out:
         raise ValueError(
             f"{root} holds no DICOM files (looked recursively for *.dcm files and files with a DICM preamble); "
@@ -303,6 +387,8 @@ def _header_from_dataset(path: str | os.PathLike, ds: DicomDataset, offset: int 
     bits_allocated = _one(v["BitsAllocated"], int) or 16
     bits_stored = _one(v["BitsStored"], int) or bits_allocated
     spp = _one(v["SamplesPerPixel"], int) or 1
+    decode_limits().check(path, rows=rows, cols=cols, n_frames=n_frames, bits_allocated=bits_allocated,
+                          samples=spp)  # before anything sized by the header is allocated or decoded
     native = not UID(ts).is_compressed and ts != "1.2.840.10008.1.2.1.99"  # 99 = deflated
     size = os.path.getsize(path)
     if native and bits_allocated in (8, 16, 32):
@@ -699,6 +785,14 @@ def _decode_file(path, decoder):
     if "PixelData" not in ds:
         raise DicomError(f"{path}: no pixel data (the file is truncated, or it is not an image); "
                          "remove it from the input", kind="no_pixels", path=path)
+    try:
+        claims = {"rows": int(ds.Rows), "cols": int(ds.Columns),
+                  "n_frames": int(first_value(ds.get("NumberOfFrames")) or 1),
+                  "bits_allocated": int(ds.get("BitsAllocated", 16) or 16),
+                  "samples": int(ds.get("SamplesPerPixel", 1) or 1)}
+    except (AttributeError, TypeError, ValueError) as err:
+        raise _corrupt(path, f"unreadable image size tags: {type(err).__name__}: {err}") from err
+    decode_limits().check(path, **claims)  # the header's claims, before any decoder is called
     meta = getattr(ds, "file_meta", None) or DicomDataset()
     ts = str(meta.get("TransferSyntaxUID") or ImplicitVRLittleEndian)
     if decoder is None:
@@ -762,12 +856,15 @@ def decode_series(headers: Sequence[SliceHeader], *, decoders: dict[str, str] | 
     """
     check_on_error(on_error)
     decoders = decoders or {}
+    limits = decode_limits()
     slices, kept, problems, used = [], [], [], Counter()
     fixes = 0
     integral = True
     with _lenient_reading():  # header values read below are validated lazily
         for i, h in enumerate(headers):
             try:
+                limits.check(h.path, rows=h.rows, cols=h.cols, n_frames=h.n_frames,
+                             bits_allocated=h.bits_allocated, samples=h.samples_per_pixel)
                 arr = None
                 if h.pixel_offset is not None and h.transfer_syntax in NATIVE_FAST:
                     arr, dec = _read_fast(h), "native"
@@ -828,6 +925,7 @@ def decode_task(headers, decoders, size, on_error, fix12) -> DecodedSeries:
 
 def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and shuts the pool down
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the CLI's handler inherited by fork: a worker just ends
     import torch
 
     torch.set_num_threads(1)

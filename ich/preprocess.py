@@ -1,13 +1,15 @@
 """Pure array maths on CT pixels: HU conversion, the RSNA 12-bit fix, windowing, resizing.
 
 Volumes are float32 HU arrays shaped (S, H, W); windowed images are float32 in [0, 1].
+torch is imported only when a function needs it (``resize``, or a tensor argument), so reading
+and refusing DICOM files stays light (a torch import alone is ~0.9 GB RSS and seconds of start-up).
 """
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ich.labels import WINDOWS
 
@@ -34,10 +36,16 @@ def fix_12bit(pixels: np.ndarray) -> tuple[np.ndarray, float]:
     return x, -1000.0
 
 
+def _is_tensor(x) -> bool:
+    """Whether ``x`` is a torch tensor (without importing torch: a tensor implies torch is loaded)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
 def window(hu: np.ndarray | torch.Tensor, level: float, width: float):
     """Clip HU to [level - width/2, level + width/2] and rescale to [0, 1] (float32)."""
     lo, hi = level - width / 2.0, level + width / 2.0
-    if isinstance(hu, torch.Tensor):
+    if _is_tensor(hu):
         return ((hu.float() - lo) / (hi - lo)).clamp_(0.0, 1.0)
     return np.clip((hu.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
 
@@ -48,7 +56,9 @@ def stack_windows(hu: np.ndarray | torch.Tensor, names: tuple[str, ...] = ("brai
     if unknown:
         raise ValueError(f"window must be one of {sorted(WINDOWS)}, not {unknown}")
     chans = [window(hu, *WINDOWS[n]) for n in names]
-    if isinstance(hu, torch.Tensor):
+    if _is_tensor(hu):
+        import torch
+
         return torch.stack(chans, dim=-3)
     return np.stack(chans, axis=-3)
 
@@ -62,6 +72,9 @@ def resize(volume: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarra
         raise ValueError(f"resize expects a (S, H, W) volume, not shape {volume.shape}")
     if volume.shape[1:] == (size, size):
         return volume
+    import torch
+    import torch.nn.functional as F
+
     t = torch.from_numpy(np.ascontiguousarray(volume)).unsqueeze(1).float()  # (S, 1, H, W)
     if nearest:
         out = F.interpolate(t, size=(size, size), mode="nearest-exact")

@@ -62,6 +62,7 @@ from ich import dicom
 from ich.dicom import DicomError, SeriesPlan, SliceHeader
 from ich.labels import SUBTYPE_ABBREV, SUBTYPES
 from ich.preprocess import resize
+from ich.pseudonyms import exam_pseudonym
 from ich.store import DatasetWriter, check_exam_id, safe_exam_id
 
 log = logging.getLogger(__name__)
@@ -109,10 +110,19 @@ class ImportReport:
         try:
             return str(Path(path).relative_to(self.src))
         except ValueError:
-            return str(path)
+            return self.scrub(path) if Path(path).is_relative_to(self.src.resolve()) else Path(path).name
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the source folder's path removed, so reports name files relative to it (no absolute
+        source paths reach dataset.json)."""
+        text = str(text)
+        for root in sorted({str(self.src), str(self.src.absolute()), str(self.src.resolve())}, key=len, reverse=True):
+            text = text.replace(root + os.sep, "").replace(root, ".")
+        return text
 
     def drop(self, item: str, kind: str, reason: str) -> None:
         """Record one dropped file, series or exam (kind: corrupt, not_ct, selection_rule, ...)."""
+        item, reason = self.scrub(item), self.scrub(reason)
         self.drop_counts[kind] += 1
         if len(self.drops) < MAX_LISTED_DROPS:
             self.drops.append({"item": item, "kind": kind, "reason": reason})
@@ -142,10 +152,11 @@ def _begin(source: str, src, out, *, size: int, workers: int, on_error: str, ove
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, not {workers!r}")
     src = Path(src)
+    what = "the folder that holds the DICOM series" if source == "folder" else f"the {source} dataset folder"
     if not src.exists():
-        raise FileNotFoundError(f"{src} does not exist; give the {source} dataset folder")
+        raise FileNotFoundError(f"{src} does not exist; give {what}")
     if not src.is_dir():
-        raise NotADirectoryError(f"{src} is a file; give the {source} dataset folder")
+        raise NotADirectoryError(f"{src} is not a folder; give {what}")
     writer = DatasetWriter(out, source=source, size=size, overwrite=overwrite, split_seed=split_seed)
     return src, writer, ImportReport(source, src, size=size, workers=workers, on_error=on_error)
 
@@ -385,15 +396,11 @@ def import_folder(src, out, *, labels: str | os.PathLike | None = None, size: in
                                  f"(by SOPInstanceUID or file name), e.g. {unknown[:3]}; use the labels CSV that "
                                  "belongs to this folder, or remove those rows")
         groups = dicom.group_series(headers)
-        by_dir = Counter(str(Path(hs[0].path).parent) for hs in groups.values())
         exams, used_ids = [], set()
         for uid, hs in groups.items():
-            folder = Path(hs[0].path).parent
-            rel = report.rel(folder)
-            base = safe_exam_id(src.name if rel in ("", ".") else rel)
-            if by_dir[str(folder)] > 1:
-                base = safe_exam_id(f"{base}_{dicom.key_hash(uid)[:8]}")
-            exam_id = _unique(base, used_ids)
+            rel = report.rel(Path(hs[0].path).parent)
+            # keyed on the series UID, never on folder or file names (they often name the patient)
+            exam_id = _unique(exam_pseudonym(uid), used_ids)
             plan = _plan(hs, report, on_error, f"{rel or '.'} (series {dicom.key_hash(uid)[:8]})")
             if plan is None:
                 continue

@@ -10,7 +10,8 @@ This is the only module that knows the store's file names. Layout of a dataset f
 
 Labels a source does not have are missing (pandas ``<NA>``), never 0: CQ500 has exam labels
 but no slice labels; folder imports may have no labels at all. Patient keys are stored only
-as a SHA-256 prefix, so no identifying DICOM value reaches the tables.
+as keyed pseudonyms (HMAC-SHA256 with the installation's secret, ``ich.pseudonyms``), so no
+identifying DICOM value reaches the tables and none can be recovered from them without the key.
 
 A ``DatasetWriter`` builds the folder under a temporary name and renames it at the end, so
 an interrupted import never leaves a folder that looks complete.
@@ -31,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ich.labels import SPLITS, SUBTYPES
+from ich.paths import check_out_folder
 from ich.preprocess import HU_MAX, HU_MIN, resize, to_int16_hu
 
 FORMAT = "ich-dataset/1"
@@ -45,8 +47,15 @@ DEFAULT_SPLIT = (0.7, 0.15, 0.15)
 
 
 def hash_key(value: str) -> str:
-    """A 12-hex-digit SHA-256 prefix: a stable, non-identifying key for a patient."""
+    """A 12-hex-digit SHA-256 prefix of a non-secret string (shortens over-long exam ids; not for identifiers)."""
     return hashlib.sha256(str(value).encode("utf-8")).hexdigest()[:12]
+
+
+def patient_pseudonym(patient_key: str) -> str:
+    """The stored ``patient_id``: a 16-hex-digit HMAC-SHA256 of the importer's patient key (``ich.pseudonyms``)."""
+    from ich.pseudonyms import pseudonym
+
+    return pseudonym(patient_key, kind="patient", length=16)
 
 
 def check_exam_id(exam_id: str) -> str:
@@ -110,7 +119,7 @@ class ExamRecord:
     """What an importer hands the writer for one exam (pixels are written immediately)."""
 
     exam_id: str
-    patient_key: str                  # any patient identifier; only its hash is stored
+    patient_key: str                  # any patient identifier; only its keyed pseudonym is stored
     source: str
     n_slices: int
     label: float | None               # exam label 0/1, None when unknown
@@ -143,7 +152,7 @@ class DatasetWriter:
     def __init__(self, out: str | os.PathLike, *, source: str, size: int = 256,
                  split_fractions: tuple[float, float, float] = DEFAULT_SPLIT, split_seed: int = 0,
                  overwrite: bool = False, name: str | None = None):
-        self.out = Path(out)
+        self.out = check_out_folder(out)
         if not isinstance(size, int) or not 16 <= size <= 1024:
             raise ValueError(f"size must be an integer between 16 and 1024 pixels, not {size!r}")
         if self.out.exists():
@@ -186,7 +195,7 @@ class DatasetWriter:
 
         Args:
             exam_id: unique, file-name safe (see ``safe_exam_id``).
-            patient_key: raw patient identifier (hashed before storing).
+            patient_key: raw patient identifier (stored only as ``patient_pseudonym(patient_key)``).
             hu: (S, H, W) HU volume in sorted slice order (any float or int dtype).
             label: exam label; derived from slice labels or the mask when None.
             subtypes: exam-level subtype labels {name: 0/1/None}; derived when None.
@@ -271,7 +280,7 @@ class DatasetWriter:
         exam_rows, slice_parts = [], []
         for r in self.records:
             exam_rows.append({
-                "exam_id": r.exam_id, "patient_id": hash_key(r.patient_key), "source": r.source,
+                "exam_id": r.exam_id, "patient_id": patient_pseudonym(r.patient_key), "source": r.source,
                 "label": r.label, **{s: r.subtypes.get(s) for s in SUBTYPES}, "n_slices": r.n_slices,
                 "has_mask": r.has_mask, "slice_thickness_mm": r.slice_thickness_mm,
                 "pixel_spacing_mm": r.pixel_spacing_mm,

@@ -38,6 +38,7 @@ import numpy as np
 
 from ich.dicom import write_series
 from ich.labels import SUBTYPES
+from ich.paths import check_out_folder
 from ich.phantom import (PARAMS_VERSION, PhantomConfig, exam_id_for, exam_seed, phantom_config,
                          render_phantom, sample_phantom_params)
 
@@ -121,7 +122,7 @@ def write_synth_dataset(out: str | os.PathLike, n_exams: int, *, seed: int = 0, 
         FileExistsError: ``out`` exists and is not empty.
         ValueError: a bad count, seed, size or config field.
     """
-    out = Path(out)
+    out = check_out_folder(out)
     if compression not in ("rle", "none"):
         raise ValueError(f"--compression must be 'rle' or 'none', not {compression!r}")
     if isinstance(n_exams, bool) or not isinstance(n_exams, (int, np.integer)) or n_exams < 1:

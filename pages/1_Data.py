@@ -23,6 +23,11 @@ with st.expander("Generate a synthetic head-CT phantom"):
                  "stays near AUC 0.5-0.65.")
         seed = st.number_input("Seed", 0, 10**6, 0)
         if st.form_submit_button("Generate"):
+            try:
+                name = paths.check_name(name)
+            except ValueError as err:
+                st.error(str(err))
+                st.stop()
             dicom_out, store_out = paths.dicom_dir() / name, paths.datasets_dir() / name
             jobs.submit(paths.jobs_db(), ["synth", "--out", str(dicom_out), "--exams", str(n_exams), "--size",
                                           str(size), "--difficulty", difficulty, "--seed", str(seed)],
@@ -39,6 +44,11 @@ with st.expander("Import a dataset from disk (RSNA 2019, CQ500, CT-ICH, any DICO
         name = st.text_input("Dataset name", "my-dataset")
         size = st.selectbox("Cached image size", [128, 256, 512], index=1)
         if st.form_submit_button("Import"):
+            try:
+                name = paths.check_name(name)
+            except ValueError as err:
+                st.error(str(err))
+                st.stop()
             if not src.strip():
                 st.error("Enter the folder to import from.")
             else:

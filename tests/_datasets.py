@@ -316,3 +316,53 @@ def make_folder_tree(root: Path) -> dict:
     (root / "README.txt").write_text("not DICOM")
     (root / "patA" / "notes.json").write_text("{}")
     return truth
+
+
+def write_decode_bomb(path: str | os.PathLike, rows: int = 60000, cols: int = 60000) -> Path:
+    """A real CT slice (pydicom.examples.ct) re-saved RLE Lossless whose header claims ``rows`` x ``cols``.
+
+    The file is ~27 KB; a decoder trusting its header allocates rows * cols * 2 bytes (7.2 GB for 60000²).
+    """
+    import copy
+
+    import pydicom.examples
+    from pydicom.uid import RLELossless
+
+    ds = copy.deepcopy(pydicom.examples.ct)
+    ds.compress(RLELossless, generate_instance_uid=False)
+    ds.Rows, ds.Columns = rows, cols
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+_MEASURE = """
+import json, resource, subprocess, sys
+limit = int(sys.argv[1])
+def cap():
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+p = subprocess.run([sys.executable, "-c", sys.argv[2]], preexec_fn=cap, capture_output=True, text=True,
+                   timeout=float(sys.argv[3]))
+print(json.dumps({"rc": p.returncode, "stdout": p.stdout, "stderr": p.stderr,
+                  "max_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+"""
+
+
+def run_measured(code: str, *, address_space: int = 4 << 30, timeout: float = 120.0, env: dict | None = None) -> dict:
+    """Run ``python -c code`` in a fresh grandchild capped at ``address_space`` bytes of virtual memory.
+
+    The middle process reads ``getrusage(RUSAGE_CHILDREN)`` after the grandchild ends, so the peak RSS
+    is that one process's (not the largest child pytest ever had). The cap keeps a failing (old) code
+    path from taking the shared machine's memory: it then dies with MemoryError instead.
+
+    Returns {"rc", "stdout", "stderr", "max_rss_mb"}.
+    """
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", _MEASURE, str(address_space), code, str(timeout)],
+                         capture_output=True, text=True, cwd=root, timeout=timeout + 30,
+                         env={**os.environ, "PYTHONPATH": str(root), **(env or {})})
+    return json.loads(out.stdout)

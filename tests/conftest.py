@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# one pseudonym key per test session, never the developer's data/.pseudonym-key (subprocesses inherit it)
+_KEY_DIR = tempfile.mkdtemp(prefix="ich-test-key-")
+os.environ["ICH_PSEUDONYM_KEY"] = os.path.join(_KEY_DIR, "pseudonym-key")
+atexit.register(shutil.rmtree, _KEY_DIR, True)
 
 
 def pytest_configure(config):

@@ -144,3 +144,24 @@ def test_results_page_shows_curves_plan_and_delong(finished_study, monkeypatch):
     assert at.success or at.warning                  # a plan, or why there is none
     at.radio(key="results_metric").set_value("sequence_f1").run()
     assert not at.exception
+
+
+@pytest.mark.parametrize("form,button", [("Name", "Generate"), ("Dataset name", "Import")])
+def test_data_page_refuses_a_name_that_leaves_the_data_folder(app_data, tmp_path, form, button):
+    from ich import jobs
+
+    at = run_page(REPO / "pages" / "1_Data.py")
+    next(t for t in at.text_input if t.label == form).set_value("../../x")
+    if button == "Import":
+        next(t for t in at.text_input if t.label.startswith("Source folder")).set_value(str(tmp_path))
+    db = app_data / "jobs.sqlite"
+    try:
+        next(b for b in at.button if b.label == button).click().run()
+    finally:  # a page that lets the name through starts real jobs: stop them
+        for job in jobs.list_jobs(db) if db.exists() else []:
+            if job.state not in jobs.FINAL_STATES:
+                jobs.cancel(db, job.id)
+    assert not at.exception
+    assert any("must be 1-64 letters" in e.value and "'x'" in e.value for e in at.error)
+    assert not db.exists() or jobs.list_jobs(db) == []
+    assert not (app_data.parent / "x").exists() and not (app_data / "x").exists()

@@ -115,3 +115,82 @@ def test_python_m_ich_import_end_to_end(phantom_src, tmp_path):
                          timeout=120)
     assert run.returncode == 0, run.stderr
     assert "imported 3 exams" in run.stdout and (tmp_path / "ds" / "dataset.json").is_file()
+
+
+# --------------------------------------------------------------------------- SIGTERM (issue 12)
+
+_SLOW_HOOK = '''
+import os
+if os.environ.get("ICH_TEST_HOLD_IMPORT"):  # test hook: hold the import inside its temporary folder
+    import time
+    import ich.store
+    _add = ich.store.DatasetWriter.add_exam
+    def _held(self, *args, **kwargs):
+        open(os.environ["ICH_TEST_HOLD_IMPORT"], "w").close()
+        time.sleep(120)
+        return _add(self, *args, **kwargs)
+    ich.store.DatasetWriter.add_exam = _held
+'''
+
+
+def _hold_env(tmp_path) -> tuple[dict, Path]:
+    """An environment whose `python -m ich` stops in the first add_exam (via sitecustomize) and says so."""
+    import os
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_SLOW_HOOK)
+    marker = tmp_path / "holding"
+    return {**os.environ, "PYTHONPATH": f"{hook}{os.pathsep}{ROOT}", "ICH_TEST_HOLD_IMPORT": str(marker)}, marker
+
+
+def _wait_for(path: Path, timeout: float = 60.0) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert time.time() < deadline, f"{path} did not appear in {timeout} s"
+        time.sleep(0.05)
+
+
+def _hidden(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def test_sigterm_removes_the_import_temp_folder_like_ctrl_c(phantom_src, tmp_path):
+    import signal
+
+    env, marker = _hold_env(tmp_path)
+    out = tmp_path / "ds" / "phantom"
+    proc = subprocess.Popen([sys.executable, "-m", "ich", "import", "phantom", str(phantom_src), "--out", str(out),
+                             "--size", "32", "--workers", "1", "--no-progress"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(marker)
+        assert _hidden(out.parent), "the import should be inside its hidden temporary folder"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and "terminated (SIGTERM)" in err
+    assert _hidden(out.parent) == [] and not out.exists()
+
+
+def test_jobs_cancel_on_an_import_leaves_no_temp_folder(phantom_src, tmp_path, monkeypatch):
+    import time
+
+    from ich import jobs
+
+    env, marker = _hold_env(tmp_path)
+    for k in ("PYTHONPATH", "ICH_TEST_HOLD_IMPORT"):
+        monkeypatch.setenv(k, env[k])
+    db, out = tmp_path / "jobs.sqlite", tmp_path / "ds" / "phantom"
+    job = jobs.submit(db, ["import", "phantom", str(phantom_src), "--out", str(out), "--size", "32",
+                           "--workers", "1", "--no-progress"], kind="import", out_dir=out, workdir=ROOT)
+    _wait_for(marker)
+    assert _hidden(out.parent)
+    assert jobs.cancel(db, job.id).state == "cancelled"
+    deadline = time.time() + 30
+    while _hidden(out.parent) and time.time() < deadline:
+        time.sleep(0.1)
+    assert _hidden(out.parent) == [] and not out.exists()

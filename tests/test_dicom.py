@@ -348,3 +348,100 @@ def test_encapsulated_frames_are_decoded_from_the_offset_and_damage_still_names_
     assert icd._read_encapsulated(icd.read_slice_header(cut), "pydicom") is None
     with pytest.raises(icd.DicomError, match="cut.dcm"):
         icd.decode_series([icd.read_slice_header(cut)], size=None)
+
+
+# --------------------------------------------------------------------------- decode bombs (issue 12)
+
+_TIMED = """
+import sys, time
+import ich.cli, ich.dicom, ich.sources, ich.uploads, pydicom.pixels  # imports are not the refusal's cost
+t0 = time.perf_counter()
+{call}
+print("SECONDS", time.perf_counter() - t0)
+"""
+
+
+def _seconds(res: dict) -> float:
+    return float(next(ln for ln in res["stdout"].splitlines() if ln.startswith("SECONDS")).split()[1])
+
+
+def _assert_cheap_refusal(res: dict, what: str) -> None:
+    text = res["stdout"] + res["stderr"]
+    assert "refused before decoding" in text and "60000 x 60000" in text and "ICH_MAX_PIXELS" in text, \
+        f"{what}: no clear refusal (rc {res['rc']}): {text[-800:]}"
+    assert _seconds(res) < 2.0, f"{what}: the refusal took {_seconds(res):.2f} s"
+    assert res["max_rss_mb"] < 300, f"{what}: peak RSS {res['max_rss_mb']:.0f} MB"
+
+
+def test_decode_bomb_is_refused_by_import_folder_cheaply(tmp_path):
+    from _datasets import run_measured, write_decode_bomb
+
+    write_decode_bomb(tmp_path / "src" / "a" / "bomb.dcm")
+    call = (f"rc = ich.cli.main(['import', 'folder', {str(tmp_path / 'src')!r}, '--out', "
+            f"{str(tmp_path / 'out')!r}, '--workers', '1', '--no-progress'])\nprint('RC', rc)")
+    res = run_measured(_TIMED.format(call=call))
+    _assert_cheap_refusal(res, "import folder")
+    assert "RC 2" in res["stdout"] and not (tmp_path / "out").exists()
+
+
+def test_decode_bomb_is_refused_by_the_upload_import_cheaply(tmp_path):
+    import io
+    import zipfile
+
+    from _datasets import run_measured, write_decode_bomb
+
+    bomb = write_decode_bomb(tmp_path / "bomb.dcm")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.write(bomb, "series/bomb.dcm")
+    (tmp_path / "up.zip").write_bytes(buf.getvalue())
+    call = (f"try:\n    ich.uploads.import_upload(open({str(tmp_path / 'up.zip')!r}, 'rb').read(), 'scan', "
+            f"{str(tmp_path / 'uploads')!r})\nexcept ValueError as err:\n    print('REFUSED', err)")
+    res = run_measured(_TIMED.format(call=call))
+    _assert_cheap_refusal(res, "upload import")
+    assert "REFUSED" in res["stdout"]
+
+
+def test_decode_bomb_is_refused_by_predict_dicom_cheaply(tmp_path):
+    from _datasets import run_measured, write_decode_bomb
+
+    write_decode_bomb(tmp_path / "series" / "bomb.dcm")
+    call = (f"rc = ich.cli.main(['predict', {str(tmp_path / 'no-run')!r}, '--dicom', "
+            f"{str(tmp_path / 'series')!r}])\nprint('RC', rc)")
+    res = run_measured(_TIMED.format(call=call))
+    _assert_cheap_refusal(res, "predict --dicom")
+    assert "RC 2" in res["stdout"]
+
+
+def test_decode_file_and_decode_series_check_the_header_before_decoding(tmp_path, monkeypatch):
+    from _datasets import write_decode_bomb
+
+    bomb = write_decode_bomb(tmp_path / "bomb.dcm")
+    with pytest.raises(DicomError, match="refused before decoding.*60000 x 60000.*ICH_MAX_PIXELS") as info:
+        icd.decode_file(bomb)
+    assert info.value.kind == "too_large"
+    with pytest.raises(DicomError, match="refused before decoding"):
+        icd.read_slice_header(bomb)
+    small = write_decode_bomb(tmp_path / "ok.dcm", rows=128, cols=128)  # the real size: decodes
+    h = icd.read_slice_header(small)
+    bad = icd.SliceHeader(**{**{f: getattr(h, f) for f in h.__slots__}, "rows": 60000, "cols": 60000})
+    with pytest.raises(DicomError, match="refused before decoding"):
+        icd.decode_series([bad])
+    assert icd.decode_series([bad], on_error="skip").problems[0].kind == "too_large"
+
+
+def test_decode_limits_frames_bytes_and_environment(tmp_path, monkeypatch):
+    limits = icd.DecodeLimits()
+    limits.check("f.dcm", rows=512, cols=512, n_frames=1, bits_allocated=16, samples=1)  # a CT slice passes
+    with pytest.raises(DicomError, match="5,000 frames, the limit is 1,024.*ICH_MAX_FRAMES"):
+        limits.check("f.dcm", rows=16, cols=16, n_frames=5000, bits_allocated=16, samples=1)
+    with pytest.raises(DicomError, match="MiB of decoded pixels.*ICH_MAX_SLICE_BYTES"):
+        limits.check("f.dcm", rows=4096, cols=4096, n_frames=1, bits_allocated=32, samples=3)
+    monkeypatch.setenv("ICH_MAX_PIXELS", str(70000 * 70000))
+    monkeypatch.setenv("ICH_MAX_SLICE_BYTES", str(8 << 30))
+    icd.decode_limits().check("f.dcm", rows=60000, cols=60000, n_frames=1, bits_allocated=16, samples=1)
+    monkeypatch.setenv("ICH_MAX_FRAMES", "lots")
+    with pytest.raises(ValueError, match="ICH_MAX_FRAMES must be a positive integer, not 'lots'"):
+        icd.decode_limits()
+    with pytest.raises(ValueError, match="max_pixels must be a positive integer"):
+        icd.DecodeLimits(max_pixels=0)

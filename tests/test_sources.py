@@ -16,7 +16,8 @@ import ich.dicom as icd
 from ich import sources
 from ich.dicom import DecoderMissingError, DicomError
 from ich.labels import SUBTYPES
-from ich.store import DatasetWriter, hash_key, open_dataset
+from ich.pseudonyms import exam_pseudonym
+from ich.store import DatasetWriter, open_dataset, patient_pseudonym
 
 PX = D.PX
 
@@ -49,6 +50,14 @@ def _run(name, src, out, **kw):
 
 def _leftovers(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def _fid(series_key: str) -> str:
+    """The folder importer's exam id of a fixture series written with ``write_series(series_key=...)``."""
+    return exam_pseudonym(icd.make_uid("series", series_key))
+
+
+A, B = _fid("fa"), _fid("fb")  # patA/head, patB/head
 
 
 def _slice_col(ds, exam_id, col="label"):
@@ -332,12 +341,12 @@ def test_folder_import(trees, tmp_path):
     report = _run("folder", src, tmp_path / "out")
     ds = open_dataset(tmp_path / "out")
     ids = ds.exams["exam_id"].tolist()
-    assert ids[:2] == ["patA_head", "patB_head"] and len(ids) == 4
-    assert all(i.startswith("patC_mixed_") for i in ids[2:])  # two series in one folder: two exams
+    assert ids[:2] == [A, B] and len(ids) == 4
+    assert set(ids[2:]) == {_fid("mix1"), _fid("mix2")}  # two series in one folder: two exams
     assert report["dropped"] == {"not_ct": 1} and "modality is 'MR'" in report["drops"][0]["reason"]
     assert report["files"] == {"dicom": 18, "images": 18, "non_image": 0, "unreadable": 0}  # README ignored
     assert ds.exams["label"].isna().all() and not ds.exams["has_mask"].any()
-    np.testing.assert_array_equal(ds.load("patB_head")[0], truth["patB/head"]["hu"])
+    np.testing.assert_array_equal(ds.load(B)[0], truth["patB/head"]["hu"])
 
 
 def test_folder_with_labels_csv(trees, tmp_path):
@@ -348,9 +357,9 @@ def test_folder_with_labels_csv(trees, tmp_path):
     _run("folder", src, tmp_path / "out", labels=tmp_path / "labels.csv")
     ds = open_dataset(tmp_path / "out")
     ex = ds.exams.set_index("exam_id")
-    assert ex.loc["patA_head", "label"] == 1 and ex.loc["patA_head", "subdural"] == 1
-    assert _slice_col(ds, "patA_head") == [0, 1, 0, 0]
-    assert pd.isna(ex.loc["patB_head", "label"])
+    assert ex.loc[A, "label"] == 1 and ex.loc[A, "subdural"] == 1
+    assert _slice_col(ds, A) == [0, 1, 0, 0]
+    assert pd.isna(ex.loc[B, "label"])
 
 
 def test_folder_labels_naming_unknown_images(trees, tmp_path):
@@ -365,7 +374,7 @@ def test_folder_labels_naming_unknown_images(trees, tmp_path):
 def test_folder_labels_covering_part_of_an_exam(trees, tmp_path):
     src, truth = trees["folder"]
     pd.DataFrame(D.rsna_rows(truth["patA/head"]["sops"][0], {})).to_csv(tmp_path / "labels.csv", index=False)
-    with pytest.raises(ValueError, match="exam patA_head: .*labels only some of its 4 slices"):
+    with pytest.raises(ValueError, match=f"exam {A}: .*labels only some of its 4 slices"):
         _run("folder", src, tmp_path / "out", labels=tmp_path / "labels.csv", on_error="raise")
     report = _run("folder", src, tmp_path / "ok", labels=tmp_path / "labels.csv")
     assert report["dropped"] == {"not_ct": 1, "partial_labels": 1}
@@ -443,7 +452,7 @@ def test_no_identifying_tag_reaches_the_dataset(trees, tmp_path, caplog):
     for secret in (D.SECRET_NAME, D.SECRET_ID, D.SECRET_BIRTH, "Secret General", "ACC-SECRET"):
         assert secret.encode() not in blob and secret not in caplog.text
     ds = open_dataset(tmp_path / "out")
-    assert set(ds.exams["patient_id"]) == {hash_key(icd.key_hash(D.SECRET_ID))}
+    assert set(ds.exams["patient_id"]) == {patient_pseudonym(icd.key_hash(D.SECRET_ID))}
 
 
 def test_progress_callback_reports_each_stage(trees, tmp_path):
@@ -452,3 +461,64 @@ def test_progress_callback_reports_each_stage(trees, tmp_path):
     _run("rsna", src, tmp_path / "out", on_progress=lambda stage, done, total: seen.append((stage, done, total)))
     assert seen[-1] == ("decode", 24, 24)
     assert ("scan", 25, 25) in seen  # 24 series files (one corrupt) + the one missing from the CSV
+
+
+def test_folder_and_file_names_never_reach_ids_tables_or_file_names(tmp_path):
+    """A tree named after a patient (as clinical exports often are) leaves no trace of those names."""
+    names = ("Doe_Jane_MRN4711", "DOE-JANE-19450317.dcm")
+    hu, _ = D.head_volume(4)
+    sops = D.write_series(hu, tmp_path / "src" / names[0], patient_id="P", series_key="named",
+                          file_names=[f"{k}-{names[1]}" for k in range(4)])
+    D.write_series(hu[:3], tmp_path / "src" / names[0] / "other", patient_id="P", series_key="named-2")
+    broken = tmp_path / "src" / names[0] / "other" / "broken.dcm"
+    shutil.copy(tmp_path / "src" / names[0] / f"0-{names[1]}", broken)
+    D.edit(broken, SOPInstanceUID="1.2.3.99", ImagePositionPatient=[0, 0, 99])
+    D.truncate_pixels(broken)
+    report = _run("folder", tmp_path / "src", tmp_path / "out")
+    assert report["dropped"] == {"corrupt": 1}
+    ds = open_dataset(tmp_path / "out")
+    assert len(ds) == 2 and all(e.startswith("exam-") for e in ds.exams["exam_id"])
+    outputs = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    for name in ("Doe", "Jane", "MRN4711", "19450317"):
+        assert not any(name in str(p.relative_to(tmp_path)) for p in outputs), name
+        for p in outputs:
+            if p.suffix == ".parquet":
+                assert name.encode() not in p.read_bytes(), (name, p.name)
+    meta = (tmp_path / "out" / "dataset.json").read_text()
+    assert str(tmp_path) not in meta and str(tmp_path.resolve()) not in meta  # no absolute source path
+    assert json.loads(meta)["report"]["drops"][0]["item"].endswith("broken.dcm")  # relative, still useful
+    assert sops  # the fixture wrote the series under the patient-named folder
+
+
+def test_fifo_and_other_special_files_in_an_import_folder_are_skipped_not_waited_on(trees, tmp_path):
+    import os
+    import threading
+
+    src, truth = _copy(trees, "folder", tmp_path)
+    fifos = [src / "patA" / "pipe", src / "patB" / "head" / "pipe.dcm"]  # no suffix, and a DICOM suffix
+    for f in fifos:
+        os.mkfifo(f)
+    os.symlink(src / "missing.dcm", src / "patA" / "dangling.dcm")
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(report=_run("folder", src, tmp_path / "out")),
+                              daemon=True)
+    thread.start()
+    thread.join(60)
+    if thread.is_alive():  # the old code blocks in open(): give it a writer so the thread can end
+        for f in fifos:
+            try:
+                os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+    assert not thread.is_alive(), "the import hung on a FIFO"
+    assert result["report"]["exams"] == 4 and result["report"]["files"]["dicom"] == 18
+
+
+@pytest.mark.parametrize("source,expected", [("folder", "give the folder that holds the DICOM series"),
+                                             ("rsna", "give the rsna dataset folder")])
+def test_missing_source_wording(tmp_path, source, expected):
+    with pytest.raises(FileNotFoundError, match=f"does not exist; {expected}$"):
+        _run(source, tmp_path / "nowhere", tmp_path / "out")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match=f"is not a folder; {expected}$"):
+        _run(source, tmp_path / "file", tmp_path / "out")

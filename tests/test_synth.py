@@ -188,3 +188,11 @@ def test_cli_difficulties_match_the_presets():
     from ich.phantom import PHANTOM_PRESETS
 
     assert sorted(DIFFICULTIES) == sorted(PHANTOM_PRESETS)
+
+
+@pytest.mark.parametrize("out", ["..", ".hidden"])
+def test_out_folder_must_name_a_folder(tmp_path, out):
+    from ich.synth import write_synth_dataset
+
+    with pytest.raises(ValueError, match="must end in the name of the folder to create"):
+        write_synth_dataset(tmp_path / "a" / out, 1, size=32, workers=1)

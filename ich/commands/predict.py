@@ -24,6 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    if args.dicom:  # read (and size-check) the DICOM before torch and the model load
+        from ich.dicom import read_series
+
+        vol = read_series(args.dicom)
     from ich import predict
 
     if args.dataset:
@@ -32,9 +36,6 @@ def run(args) -> int:
         s = predict.summarize(exams)
         print(json.dumps({"written": str(path), **s}, indent=2, default=str))
         return 0
-    from ich.dicom import read_series
-
-    vol = read_series(args.dicom)
     score, slices = predict.predict_volume(args.run, vol.hu, device=args.device)
     if args.out:
         slices.assign(exam_score=score).to_csv(args.out, index=False)
