@@ -226,14 +226,24 @@ def test_bad_budget_and_folders(easy, tmp_path):
         fit(tiny(easy, budget=17), tmp_path / "big")
     st = runs.read_status(tmp_path / "big")
     assert st["state"] == "failed" and "the maximum is 16 exams" in st["error"]
-    with pytest.raises(FileExistsError, match="--resume"):
-        fit(tiny(easy, budget=17), tmp_path / "big")
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         fit(None, tmp_path / "nothing", resume=True)
     with pytest.raises(ValueError, match="different config"):
         fit(with_overrides(tiny(easy, budget=17), {"seed": 9}), tmp_path / "big", resume=True)
     with pytest.raises(FileNotFoundError, match="is not an ich dataset"):
         fit(make_config(str(tmp_path / "nods"), preset="tiny"), tmp_path / "r")
+
+
+def test_a_run_that_failed_at_setup_neither_blocks_its_folder_nor_resumes_its_bad_config(easy, tmp_path):
+    with pytest.raises(ValueError, match="the maximum is 16 exams"):
+        fit(tiny(easy, budget=17), tmp_path / "run")
+    with pytest.raises(ValueError, match="failed before its first epoch.*the maximum is 16 exams.*without --resume"):
+        fit(None, tmp_path / "run", resume=True)
+    assert runs.read_status(tmp_path / "run")["state"] == "failed"
+    out = fit(tiny(easy, budget=4, overrides={"train.epochs": 1}), tmp_path / "run")    # the folder is reusable
+    assert out["state"] == "done" and runs.read_config(tmp_path / "run").train.budget == 4
+    with pytest.raises(FileExistsError, match="pass --resume to continue it"):         # a real run is kept
+        fit(tiny(easy, budget=4), tmp_path / "run")
 
 
 def test_cli_train_and_predict(easy, tmp_path, capsys):
