@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import io
 import json
 import os
 import pickle
 import re
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -78,11 +80,13 @@ def _writing(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             tmp.unlink()
         except OSError:
             pass
+        if isinstance(err, OSError) and err.filename is None and err.errno:    # name the file (f.write does not)
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 
 
@@ -290,9 +294,9 @@ def save_checkpoint(run: str | os.PathLike, payload: dict) -> None:
     ``payload`` must hold only tensors and plain data (dict, list, str, int, float, bool, None), so that
     ``load_checkpoint`` can read it without unpickling code.
     """
-    path = Path(run) / CHECKPOINT_FILE
-    with _writing(path) as tmp:
-        torch.save({"kind": CHECKPOINT_KIND, **payload}, tmp)
+    buf = io.BytesIO()          # serialised in memory first: torch's file writer turns a full disk into an
+    torch.save({"kind": CHECKPOINT_KIND, **payload}, buf)    # unclear RuntimeError, a plain write gives ENOSPC
+    _atomic_write_bytes(Path(run) / CHECKPOINT_FILE, buf.getbuffer())
 
 
 def has_checkpoint(run: str | os.PathLike) -> bool:
@@ -328,7 +332,9 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
     with open(path, "rb") as f:
         head = f.read(4)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():      # torch's notes on pickle protocols add nothing to our one line
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         if head[:2] == b"PK" or head[:1] == b"\x80":          # a torch zip file, or a plain pickle
             raise ValueError(
