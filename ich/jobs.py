@@ -3,15 +3,21 @@
 The app never trains in its own process. ``submit`` records a job (a command line and the
 folder it writes) and starts it when a slot is free: at most one training job per GPU, one
 on CPU. Each job runs as ``python -m ich.jobs <db> <job_id>`` in a new process session; that
-worker runs the command, records its exit, and starts the next queued job. A job whose
-process disappeared without reporting (killed from outside) is marked failed, with the
-reason, the next time anyone looks. Nothing here needs a daemon.
+worker runs the command, records its exit, and starts the next queued job. Nothing here needs a daemon.
+
+The job's state matches its process tree: the command (the worker's child) gets SIGTERM when the
+worker dies (Linux ``PR_SET_PDEATHSIG``), stops as on Ctrl-C, records the job's end itself and starts
+the next queued job, so the queue advances without anyone looking. A job stays "running" while any
+process of its group lives; once all are gone without reporting (killed from outside), it is marked
+failed with the reason the next time anyone looks (done, if its run folder says the run finished).
 
 States: queued -> running -> done | failed | cancelled.
 """
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
 import logging
 import os
@@ -72,8 +78,12 @@ class Job:
 def _connect(db: str | os.PathLike) -> sqlite3.Connection:
     Path(db).parent.mkdir(parents=True, exist_ok=True)
     con = sqlite3.connect(str(db), timeout=30, isolation_level=None)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute(SCHEMA)
+    # SQLite answers a switch to WAL that races another connection's set-up with an immediate "database is
+    # locked" (no busy wait): about 1 in 36 concurrent first submits was lost. An OS lock serialises set-up.
+    with open(f"{db}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute(SCHEMA)
     return con
 
 
@@ -165,17 +175,53 @@ def _alive(pid: int | None) -> bool:
         return True
 
 
+def _group_alive(pgid: int | None) -> bool:
+    """Whether a process of group ``pgid`` (a worker and what it started) still runs; zombies do not count."""
+    if not pgid:
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - another user's processes
+        return True
+    if not Path("/proc/self/stat").exists():  # pragma: no cover - no /proc: trust killpg
+        return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()      # state, ppid, pgrp, ...
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+def _run_finished(out_dir: str) -> bool:
+    """Whether ``out_dir`` is a run folder whose status says done."""
+    from ich import runs
+
+    return runs.is_run(out_dir) and runs.read_status(out_dir).get("state") == "done"
+
+
 def reconcile(db: str | os.PathLike) -> None:
-    """Mark running jobs whose process is gone as failed, with the reason."""
+    """Settle running jobs whose processes are all gone: failed with the reason (done if their run finished);
+    then start queued jobs in the slots they held."""
+    ended = False
     with closing(_connect(db)) as con:
-        rows = con.execute("SELECT id, pid FROM jobs WHERE state = 'running'").fetchall()
-        for job_id, pid in rows:
-            if not _alive(pid):
-                con.execute(
-                    "UPDATE jobs SET state='failed', finished=?, error=? WHERE id=? AND state='running'",
-                    (time.time(), f"the job's process (pid {pid}) ended without reporting: it was killed from "
-                     "outside or the machine restarted. Resume it to continue from its last checkpoint.", job_id),
-                )
+        rows = con.execute("SELECT id, pid, out_dir FROM jobs WHERE state = 'running'").fetchall()
+        for job_id, pid, out_dir in rows:
+            if _alive(pid) or _group_alive(pid):
+                continue          # the worker, or a command it started, still runs: the job is running
+            finished = _run_finished(out_dir)
+            error = None if finished else (
+                f"the job's process (pid {pid}) ended without reporting: it was killed from outside or the machine "
+                "restarted. Resume it to continue from its last checkpoint.")
+            cur = con.execute("UPDATE jobs SET state=?, finished=?, error=? WHERE id=? AND state='running'",
+                              ("done" if finished else "failed", time.time(), error, job_id))
+            ended = ended or cur.rowcount > 0
+    if ended:
+        start_queued(db)
 
 
 def start_queued(db: str | os.PathLike, *, slots: int | None = None) -> list[int]:
@@ -242,14 +288,39 @@ def tail_log(job: Job, lines: int = 20) -> str:
     return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a child between fork and exec: get SIGTERM when ``parent`` dies (Linux); exit if it already has."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _finish(db: str, job_id: int, rc: int, error: str | None) -> None:
+    """Record a job's end (once: only a running job changes)."""
+    with closing(_connect(db)) as con:
+        con.execute(
+            "UPDATE jobs SET state=?, returncode=?, finished=?, error=COALESCE(error, ?) "
+            "WHERE id=? AND state='running'",
+            ("done" if rc == 0 else "failed", rc, time.time(), None if rc == 0 else error, job_id),
+        )
+
+
 def _worker(db: str, job_id: int) -> int:
-    """Run one job's command, record its end, start the next queued job."""
+    """Run one job's command (as this worker's child), record its end, start the next queued job."""
     job = get(db, job_id)
     Path(job.out_dir).parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    worker = os.getpid()
     with open(job.log_path, "ab") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "ich", *job.argv], cwd=job.workdir, stdout=logf,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen([sys.executable, "-m", "ich.jobs", "--command", db, str(job_id)], cwd=job.workdir,
+                                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                preexec_fn=lambda: _die_with_parent(worker))
 
         def forward(signum, _frame):
             proc.send_signal(signum)
@@ -260,17 +331,42 @@ def _worker(db: str, job_id: int) -> int:
     if rc != 0:
         last = tail_log(job, 5).strip().splitlines()
         error = next((ln for ln in reversed(last) if ln.startswith("error:")), last[-1] if last else f"exit {rc}")
-    with closing(_connect(db)) as con:
-        con.execute(
-            "UPDATE jobs SET state=?, returncode=?, finished=?, error=COALESCE(error, ?) "
-            "WHERE id=? AND state='running'",
-            ("done" if rc == 0 else "failed", rc, time.time(), error, job_id),
-        )
+    _finish(db, job_id, rc, error)
     start_queued(db)
     return rc
 
 
-if __name__ == "__main__":  # python -m ich.jobs <db> <job_id>
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt
+
+
+def _command(db: str, job_id: int) -> int:
+    """The worker's child: run the job's ``python -m ich`` command in this process.
+
+    SIGTERM (a cancel, or the worker's death) stops it as Ctrl-C would. When the worker died meanwhile,
+    nobody else will record the end: this process records it and starts the next queued job.
+    """
+    worker = os.getppid()
+    signal.signal(signal.SIGTERM, _interrupt)
+    argv = get(db, job_id).argv
+    try:
+        from ich.cli import main
+
+        rc = main(argv)
+    except SystemExit as stop:                    # argparse refusals
+        rc = stop.code if isinstance(stop.code, int) else 1
+    except KeyboardInterrupt:
+        rc = 130
+    if os.getppid() != worker:
+        _finish(db, job_id, rc, f"the job's worker (pid {worker}) was killed; its command stopped (exit {rc}). "
+                                "Resume it to continue from its last checkpoint.")
+        start_queued(db)
+    return rc
+
+
+if __name__ == "__main__":  # python -m ich.jobs <db> <job_id>  (worker) | --command <db> <job_id>  (its child)
+    if sys.argv[1] == "--command":
+        raise SystemExit(_command(sys.argv[2], int(sys.argv[3])))
     raise SystemExit(_worker(sys.argv[1], int(sys.argv[2])))
 
 

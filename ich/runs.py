@@ -19,17 +19,28 @@ Layout of ``<runs root>/<run name>/``::
     metrics.json         evaluation of the test split (``ich.evaluate.evaluate_run``); another
                          dataset's predictions and evaluation: predictions-<name>.parquet, metrics-<name>.json
     CANCEL               present when a cancel was requested (checked between epochs)
+    writer.lock          held (``fcntl.flock``) by the one process writing the run; holds its pid
 
-Every write is atomic (a temporary file, then ``os.replace``); metrics lines are appended whole.
+Every write is atomic (a temporary file, then ``os.replace``; the temporary file is removed when the
+write fails, e.g. on a full disk or a signal); metrics lines are appended whole. Checkpoints hold only
+tensors and plain data and load with ``torch.load(weights_only=True)``, so a crafted file cannot run
+code; an older or foreign checkpoint is refused unless the user trusts it (``trust_checkpoint``).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import io
 import json
 import os
+import pickle
 import re
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -47,6 +58,7 @@ PREDICTIONS_FILE = "predictions.parquet"
 SELECTION_PREDICTIONS = "selection"
 EVALUATION_FILE = "metrics.json"
 CANCEL_FILE = "CANCEL"
+LOCK_FILE = "writer.lock"
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL_STATES = ("done", "failed", "cancelled")
 PREDICTION_COLUMNS = ["exam_id", "index", "split", "exam_score", "exam_label", "slice_score", "attention",
@@ -54,13 +66,49 @@ PREDICTION_COLUMNS = ["exam_id", "index", "split", "exam_score", "exam_label", "
 CHECKPOINT_KIND = "ich-run"
 
 
+TRUST_FLAG = "--trust-checkpoint"
+
+
+class RunLockedError(RuntimeError):
+    """Another process is writing this run folder (it holds ``writer.lock``)."""
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path``, on any failure
+    (an error, a full disk, Ctrl-C or SIGTERM) it is removed, so no half-written file stays behind."""
+    tmp = _tmp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as err:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if isinstance(err, OSError) and err.filename is None and err.errno:    # name the file (f.write does not)
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with _writing(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def disk_full_message(err: OSError, run: str | os.PathLike) -> str | None:
+    """A one-line reason for a full disk (None for any other error)."""
+    if getattr(err, "errno", None) not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    return (f"the disk holding {run} is full (no space left on device while writing "
+            f"{Path(getattr(err, 'filename', None) or '?').name}); free some space, then resume the run with --resume")
 
 
 def _now() -> str:
@@ -86,17 +134,44 @@ def _check_run(run: str | os.PathLike) -> Path:
 
 
 # ------------------------------------------------------------------------------ config
-def create_run(run: str | os.PathLike, cfg: RunConfig) -> Path:
-    """Create a run folder holding ``config.json`` and a ``queued`` status.
+def failed_at_setup(run: str | os.PathLike) -> bool:
+    """True for a run that failed before its first epoch ended (bad options or data): nothing worth keeping."""
+    st = read_status(run)
+    return is_run(run) and st.get("state") == "failed" and st.get("phase") == "setup" and not has_checkpoint(run)
+
+
+def check_new_run(run: str | os.PathLike) -> None:
+    """Refuse a folder that a new run may not use (it is created, or reused, by ``create_run``).
+
+    A missing or empty folder is fine, and so is a run that failed at setup (its files are replaced).
 
     Raises:
-        FileExistsError: the folder exists and is not empty (use ``--resume`` to continue a run).
+        FileExistsError: the folder holds a run (use ``--resume`` to continue it) or other files.
     """
     run = Path(run)
-    if run.exists() and any(run.iterdir()):
+    if run.exists() and not run.is_dir():
+        raise FileExistsError(f"{run} is a file, not a folder; choose a new --out folder")
+    if not run.is_dir() or failed_at_setup(run):
+        return
+    if any(p.name != LOCK_FILE for p in run.iterdir()):
         what = "a run" if is_run(run) else "other files"
         raise FileExistsError(f"{run} already exists and holds {what}; choose a new --out folder"
                               + (", or pass --resume to continue it" if what == "a run" else ""))
+
+
+def create_run(run: str | os.PathLike, cfg: RunConfig) -> Path:
+    """Create a run folder holding ``config.json`` and a ``queued`` status.
+
+    An empty folder is used as it is; the files of a run that failed at setup are replaced.
+
+    Raises:
+        FileExistsError: the folder holds a run or other files (see ``check_new_run``).
+    """
+    run = Path(run)
+    check_new_run(run)
+    if failed_at_setup(run):
+        for name in (CONFIG_FILE, STATUS_FILE, METRICS_FILE, LABELS_FILE, CANCEL_FILE):
+            (run / name).unlink(missing_ok=True)
     run.mkdir(parents=True, exist_ok=True)
     _atomic_write_bytes(run / CONFIG_FILE, cfg.to_json().encode())
     write_status(run, "queued", created=_now(), epoch=0, progress=0.0)
@@ -106,6 +181,31 @@ def create_run(run: str | os.PathLike, cfg: RunConfig) -> Path:
 #: Settings of runs written before ``train.validation`` existed (they validated on the free val split
 #: with one learning rate, patience 5 and one pass per epoch); filled in where such a config.json lacks them.
 LEGACY_TRAIN = {"validation": "free", "lr_factors": [1.0], "patience": 5, "steps_per_epoch": None}
+
+@contextmanager
+def writer_lock(run: str | os.PathLike) -> Iterator[Path]:
+    """Hold the run folder's ``writer.lock`` (an OS lock, released when the process ends, even by kill -9).
+
+    The folder is created if needed. One process at a time may write a run.
+
+    Raises:
+        RunLockedError: another process holds the lock; the message names its pid.
+    """
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RunLockedError(f"run {run.name} is being written by another process (pid {holder}); wait for it "
+                                 f"to end, or stop it (cancel its job, or `kill {holder}`), then resume") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield run
+    finally:
+        os.close(fd)            # releases the lock; the file stays (removing it would race with a waiting writer)
 
 
 def read_config(run: str | os.PathLike) -> RunConfig:
@@ -144,7 +244,15 @@ def write_status(run: str | os.PathLike, state: str | None = None, **fields) -> 
         status["state"] = state
     status.update(_clean(fields))
     status["updated"] = _now()
-    _atomic_write_bytes(run / STATUS_FILE, json.dumps(status, indent=2, default=_json_default).encode())
+    data = json.dumps(status, indent=2, default=_json_default).encode()
+    try:
+        _atomic_write_bytes(run / STATUS_FILE, data)
+    except OSError as err:
+        if disk_full_message(err, run) is None or not (run / STATUS_FILE).is_file():
+            raise
+        with open(run / STATUS_FILE, "r+b") as f:   # full disk: rewrite in place (its blocks are freed first)
+            f.truncate(0)
+            f.write(data)
     return status
 
 
@@ -199,11 +307,14 @@ def read_labels(run: str | os.PathLike) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------ checkpoint
 def save_checkpoint(run: str | os.PathLike, payload: dict) -> None:
-    """Write checkpoint.pt atomically (``payload`` gets ``kind`` added)."""
-    path = Path(run) / CHECKPOINT_FILE
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"kind": CHECKPOINT_KIND, **payload}, tmp)
-    os.replace(tmp, path)
+    """Write checkpoint.pt atomically (``payload`` gets ``kind`` added).
+
+    ``payload`` must hold only tensors and plain data (dict, list, str, int, float, bool, None), so that
+    ``load_checkpoint`` can read it without unpickling code.
+    """
+    buf = io.BytesIO()          # serialised in memory first: torch's file writer turns a full disk into an
+    torch.save({"kind": CHECKPOINT_KIND, **payload}, buf)    # unclear RuntimeError, a plain write gives ENOSPC
+    _atomic_write_bytes(Path(run) / CHECKPOINT_FILE, buf.getbuffer())
 
 
 def has_checkpoint(run: str | os.PathLike) -> bool:
@@ -217,10 +328,90 @@ def load_checkpoint(run: str | os.PathLike, map_location: str | torch.device = "
         state = read_status(run).get("state", "unknown")
         raise FileNotFoundError(f"run {run.name} has no checkpoint yet (state: {state}); wait for its first "
                                 "epoch to finish, or choose a finished run")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    ckpt = read_torch_file(path, map_location=map_location)
     if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
         raise ValueError(f"{path} is not an ich run checkpoint")
     return ckpt
+
+
+def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """``torch.load(path, weights_only=True)`` with one-line errors: tensors and plain data only, never code.
+
+    Raises:
+        ValueError: the file is empty or damaged (cut off by a full disk or a copy), or it holds Python objects
+            that a safe load refuses (an older ich version, or a crafted file); the message names the
+            ``--trust-checkpoint`` flag for a file the user trusts.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): it was cut off while being written (full disk or killed copy); "
+                         "restore it from a copy, or train the run again")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    try:
+        with warnings.catch_warnings():      # torch's notes on pickle protocols add nothing to our one line
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if head[:2] == b"PK" or head[:1] == b"\x80":          # a torch zip file, or a plain pickle
+            raise ValueError(
+                f"{path} holds Python objects that a safe load refuses (it comes from an older ich version, or it "
+                f"was crafted: loading it could run code). If you trust where it came from, pass {TRUST_FLAG} "
+                "once to re-save it in the safe format") from None
+        raise ValueError(f"{path} is not a checkpoint (damaged, or another kind of file: {_first_line(err)}); "
+                         "restore it from a copy, or train the run again") from None
+    except (EOFError, RuntimeError, MemoryError, OSError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError) as err:
+        raise ValueError(f"{path} is damaged ({size} bytes; {type(err).__name__}: {_first_line(err)}); restore it "
+                         "from a copy, or train the run again") from None
+
+
+def trust_checkpoint(run: str | os.PathLike) -> bool:
+    """Re-save a checkpoint the user trusts (e.g. from an older ich version) in the safe format.
+
+    Only for files whose origin the user vouches for: this one load may run code the file holds.
+    Returns True when the file was converted, False when it already loads safely.
+
+    Raises:
+        ValueError: it is not an ich run checkpoint, or it holds objects that are not tensors or plain data.
+    """
+    path = _check_run(run) / CHECKPOINT_FILE
+    try:
+        read_torch_file(path)
+        return False
+    except ValueError:
+        pass
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any failure means a damaged file
+        raise ValueError(f"{path} is damaged ({type(err).__name__}: {_first_line(err)}); restore it from a copy, "
+                         "or train the run again") from None
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
+        raise ValueError(f"{path} is not an ich run checkpoint")
+    ckpt = _plain(ckpt, path)
+    save_checkpoint(path.parent, ckpt)
+    read_torch_file(path)            # what was written loads safely
+    return True
+
+
+def _plain(o, path: Path):
+    """Tensors and plain data, with numpy scalars made Python numbers; anything else is refused."""
+    if isinstance(o, dict):
+        return {k: _plain(v, path) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_plain(v, path) for v in o]
+    if isinstance(o, np.generic):
+        return o.item()
+    if o is None or isinstance(o, (str, int, float, bool, torch.Tensor)):
+        return o
+    raise ValueError(f"{path} holds a {type(o).__name__}, which is neither a tensor nor plain data; it cannot be "
+                     "converted to the safe format")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:160] if text else type(err).__name__
 
 
 def load_model(run: str | os.PathLike, device: str | torch.device = "cpu"):
@@ -360,9 +551,8 @@ def list_runs(root: str | os.PathLike) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------ helpers
 def _write_parquet(path: Path, df: pd.DataFrame) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with _writing(path) as tmp:
+        df.to_parquet(tmp, index=False)
 
 
 def _is_na(v) -> bool:

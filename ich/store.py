@@ -155,7 +155,7 @@ class DatasetWriter:
         self.out = check_out_folder(out)
         if not isinstance(size, int) or not 16 <= size <= 1024:
             raise ValueError(f"size must be an integer between 16 and 1024 pixels, not {size!r}")
-        if self.out.exists():
+        if self.out.exists() and not (self.out.is_dir() and not any(self.out.iterdir())):   # an empty folder is new
             if not overwrite:
                 what = "an ich dataset" if (self.out / META_FILE).exists() else "other files"
                 raise FileExistsError(

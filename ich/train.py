@@ -162,6 +162,17 @@ def fit(cfg: RunConfig | None, run_dir: str | os.PathLike, on_progress: Callable
         if not runs.is_run(run_dir):
             raise FileNotFoundError(f"cannot resume {run_dir}: it is not a run folder (no config); drop --resume "
                                     "to start a new run there")
+    elif cfg is None:
+        raise ValueError("fit needs a RunConfig (or resume=True for an existing run)")
+    else:
+        runs.check_new_run(run_dir)
+    with runs.writer_lock(run_dir):          # one writer per run: a second trainer is refused with our pid
+        return _fit_locked(cfg, run_dir, on_progress, resume)
+
+
+def _fit_locked(cfg: RunConfig | None, run_dir: Path, on_progress, resume: bool) -> dict:
+    """``fit`` once this process holds the run's writer lock."""
+    if resume:
         saved = runs.read_config(run_dir)
         if cfg is not None and cfg != saved:
             raise ValueError(f"cannot resume {run_dir} with a different config; resume it with its own "
@@ -170,9 +181,11 @@ def fit(cfg: RunConfig | None, run_dir: str | os.PathLike, on_progress: Callable
         status = runs.read_status(run_dir)
         if status.get("state") == "done" and status.get("summary"):
             return status["summary"]
+        if runs.failed_at_setup(run_dir):
+            raise ValueError(f"cannot resume {run_dir.name}: it failed before its first epoch ({status.get('error')}); "
+                             "resuming would replay the same options. Fix them and start the run again without "
+                             "--resume (the same --out folder may be reused)")
     else:
-        if cfg is None:
-            raise ValueError("fit needs a RunConfig (or resume=True for an existing run)")
         runs.create_run(run_dir, cfg)
     runs.clear_cancel(run_dir)
     trainer = _Trainer(cfg, run_dir, on_progress)
@@ -183,7 +196,10 @@ def fit(cfg: RunConfig | None, run_dir: str | os.PathLike, on_progress: Callable
         return {"state": "cancelled", "epochs_run": trainer.epoch}
     except BaseException as err:
         state = "cancelled" if isinstance(err, KeyboardInterrupt) else "failed"
-        runs.write_status(run_dir, state, finished=runs._now(), error=f"{type(err).__name__}: {err}")
+        full = runs.disk_full_message(err, run_dir) if isinstance(err, OSError) else None
+        runs.write_status(run_dir, state, finished=runs._now(), error=full or f"{type(err).__name__}: {err}")
+        if full:
+            raise RuntimeError(full) from err
         raise
 
 
@@ -365,8 +381,9 @@ class _Trainer:
         t0 = time.perf_counter()
         cfg, t = self.cfg, self.cfg.train
         runs.write_status(self.run_dir, "running", started=runs._now(), pid=os.getpid(), error=None,
-                          epochs=t.epochs, message="preparing data")
+                          epochs=t.epochs, message="preparing data", phase="setup")
         self.setup()
+        runs.write_status(self.run_dir, phase="train")
         E = t.epochs
         total = E * len(self.factors)          # global epochs: learning rate k runs k*E+1 .. (k+1)*E
         best = {"epoch": 0, "score": [-math.inf, -math.inf], "state": None, "val_exam_auc": float("nan"),

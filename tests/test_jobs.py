@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from ich import jobs
+from ich import jobs, runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,3 +88,130 @@ def test_unknown_job_id_names_the_fix(tmp_path):
     jobs.submit(db, ["--help"], kind="help", out_dir=tmp_path / "a", workdir=REPO, start=False)
     with pytest.raises(KeyError, match="ich jobs list"):
         jobs.get(db, 99)
+
+
+# ------------------------------------------------------------------------------ the job tells the truth
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    from _blobs import write_blob_dataset
+
+    path = tmp_path_factory.mktemp("jobs") / "easy"
+    write_blob_dataset(path, 32, seed=3, size=64, slices=(8, 12), contrast=60.0, noise=5.0, radius=0.1)
+    return path
+
+
+def long_train(dataset, out) -> list[str]:
+    return ["train", "--dataset", str(dataset), "--preset", "tiny", "--epochs", "500", "--out", str(out), "--quiet",
+            "--threads", "1"]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc)."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(stat.parent.name)] = int(fields[1])
+    out, frontier = [], [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        frontier += kids
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def wait_for(cond, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+def raw_state(db, job_id) -> str:
+    """A job's state read straight from the database (no reconcile, no queue start)."""
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        return con.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
+
+
+def test_killing_the_worker_ends_its_command_and_the_job_tells_the_truth(blobs, tmp_path):
+    db, run = tmp_path / "jobs.sqlite", tmp_path / "run"
+    job = jobs.submit(db, long_train(blobs, run), kind="train", out_dir=run, workdir=REPO)
+    wait_for(lambda: runs.read_status(run).get("state") == "running", 120, "the trainer started")
+    tree = descendants(job.pid)
+    assert tree, "the worker has started its command"
+    os.kill(job.pid, signal.SIGKILL)
+    deadline = time.time() + 60
+    while any(alive(p) for p in tree) and time.time() < deadline:
+        state = jobs.get(db, job.id).state
+        if state != "running":                 # only once the trainer has stopped (its run says so)
+            assert runs.read_status(run)["state"] in runs.FINAL_STATES
+        time.sleep(0.1)
+    assert not [p for p in tree if alive(p)], "no orphan survives its worker"
+    job = jobs.get(db, job.id)
+    assert job.state == "failed" and f"worker (pid {job.pid}) was killed" in job.error
+    assert runs.read_status(run)["state"] == "cancelled"
+
+
+def test_the_queue_advances_by_itself_after_a_worker_dies(blobs, tmp_path):
+    db, run = tmp_path / "jobs.sqlite", tmp_path / "run"
+    a = jobs.submit(db, long_train(blobs, run), kind="train", out_dir=run, workdir=REPO, start=False)
+    b = jobs.submit(db, ["--help"], kind="help", out_dir=tmp_path / "b", workdir=REPO, start=False)
+    assert jobs.start_queued(db, slots=1) == [a.id]
+    wait_for(lambda: runs.read_status(run).get("state") == "running", 120, "the trainer started")
+    os.kill(jobs.get(db, a.id).pid, signal.SIGKILL)
+    wait_for(lambda: raw_state(db, b.id) == "done", 90, "the queued job ran without anyone calling jobs")
+
+
+def test_a_run_that_finished_leaves_its_job_done_not_failed(tmp_path):
+    import sqlite3
+
+    from ich.config import make_config
+
+    db, run = tmp_path / "jobs.sqlite", tmp_path / "run"
+    runs.create_run(run, make_config("ds"))
+    runs.write_status(run, "done", summary={"best_epoch": 1})
+    job = jobs.submit(db, ["train", "--resume", "--out", str(run)], kind="train", out_dir=run, start=False)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with sqlite3.connect(db) as con:          # a worker that died after its run finished, before reporting
+        con.execute("UPDATE jobs SET state='running', pid=? WHERE id=?", (gone.pid, job.id))
+    job = jobs.get(db, job.id)
+    assert job.state == "done" and job.error is None
+
+
+_SUBMIT_AT_BARRIER = """import os, sys, time
+from ich import jobs
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.001)
+jobs.submit(sys.argv[1], ["--help"], kind="help", out_dir="out", start=False)
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_submits_on_a_new_database_lose_no_job(tmp_path):
+    """36 processes submit at one instant (a barrier file) to a database that does not exist yet, twice."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for trial in range(2):
+        db, go = tmp_path / f"t{trial}" / "jobs.sqlite", tmp_path / f"go{trial}"
+        procs = [subprocess.Popen([sys.executable, "-c", _SUBMIT_AT_BARRIER, str(db), str(go)], cwd=tmp_path, env=env,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(36)]
+        time.sleep(3.0)
+        go.touch()
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 36, [e for e in errors if e][:1]
+        assert len(jobs.list_jobs(db)) == 36

@@ -1,9 +1,13 @@
 """Tests for ich.runs: the run folder's files, atomic status, metrics, predictions, listing."""
 
 import json
+import os
+import pickle
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from ich import runs
 from ich.config import make_config
@@ -92,3 +96,80 @@ def test_run_name_and_prediction_names():
     assert runs.run_name(cfg, 0).endswith("-mixed-m30-s2")
     with pytest.raises(ValueError, match="prediction name"):
         runs.predictions_path("x", "../evil")
+
+
+# ------------------------------------------------------------------------------ one writer, safe files
+def test_one_writer_per_run_folder(run):
+    with runs.writer_lock(run):
+        with pytest.raises(runs.RunLockedError, match=rf"being written by another process \(pid {os.getpid()}\)"):
+            with runs.writer_lock(run):
+                pass
+    with runs.writer_lock(run):                             # released when the holder ends
+        pass
+
+
+def test_an_empty_or_lock_only_folder_is_a_new_run(tmp_path):
+    (tmp_path / "empty").mkdir()
+    runs.create_run(tmp_path / "empty", make_config("ds"))
+    with runs.writer_lock(tmp_path / "locked"):
+        runs.create_run(tmp_path / "locked", make_config("ds"))
+    assert runs.is_run(tmp_path / "empty") and runs.is_run(tmp_path / "locked")
+
+
+class _Interrupt:
+    """Stops pickling half-way, as Ctrl-C or SIGTERM (mapped to KeyboardInterrupt) would."""
+
+    def __reduce__(self):
+        raise KeyboardInterrupt
+
+
+def test_an_interrupted_or_failed_write_leaves_no_temporary_file(run):
+    big = {"w": torch.zeros(1 << 16)}
+    with pytest.raises(KeyboardInterrupt):
+        runs.save_checkpoint(run, {"model": big, "x": _Interrupt()})
+    with pytest.raises(TypeError):
+        runs.write_status(run, "running", bad=object())
+    assert not list(run.glob(".*tmp*")) and not runs.has_checkpoint(run)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_crafted_checkpoint_runs_nothing_and_names_the_trust_flag(run, tmp_path):
+    marker = tmp_path / "MARKER"
+    (run / runs.CHECKPOINT_FILE).write_bytes(pickle.dumps({"kind": runs.CHECKPOINT_KIND, "x": _RunsCode(marker)}))
+    with pytest.raises(ValueError, match="objects that a safe load refuses.*pass --trust-checkpoint"):
+        runs.load_checkpoint(run)
+    torch.save({"kind": runs.CHECKPOINT_KIND, "x": _RunsCode(marker)}, run / runs.CHECKPOINT_FILE)
+    with pytest.raises(ValueError, match="could run code"):
+        runs.load_checkpoint(run)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", os.urandom(4096), b"PK\x03\x04" + os.urandom(300)])
+def test_an_empty_or_damaged_checkpoint_gives_one_clear_line(run, content):
+    (run / runs.CHECKPOINT_FILE).write_bytes(content)
+    with pytest.raises(ValueError, match="empty \\(0 bytes\\)|damaged|not a checkpoint") as info:
+        runs.load_checkpoint(run)
+    assert "\n" not in str(info.value) and "train the run again" in str(info.value)
+
+
+def test_a_trusted_old_checkpoint_is_converted_to_the_safe_format(run):
+    import numpy as np
+
+    torch.save({"kind": runs.CHECKPOINT_KIND, "epoch": 2, "best": {"auc": np.float64(0.75)},
+                "model": {"w": torch.ones(2)}}, run / runs.CHECKPOINT_FILE)     # numpy scalars: an older writer
+    with pytest.raises(ValueError, match="--trust-checkpoint"):
+        runs.load_checkpoint(run)
+    assert runs.trust_checkpoint(run) is True
+    ckpt = runs.load_checkpoint(run)
+    assert ckpt["best"]["auc"] == 0.75 and ckpt["epoch"] == 2 and torch.equal(ckpt["model"]["w"], torch.ones(2))
+    assert runs.trust_checkpoint(run) is False               # already safe: nothing to do
+    torch.save({"kind": runs.CHECKPOINT_KIND, "x": Path("a")}, run / runs.CHECKPOINT_FILE)
+    with pytest.raises(ValueError, match="holds a PosixPath, which is neither a tensor nor plain data"):
+        runs.trust_checkpoint(run)

@@ -424,6 +424,8 @@ def test_output_folder_that_holds_a_dataset_or_other_files(trees, tmp_path):
     with pytest.raises(FileExistsError, match="holds files that are not an ich dataset; refusing to overwrite"):
         _run("phantom", src, tmp_path / "mine", overwrite=True)
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+    (tmp_path / "empty").mkdir()                              # an empty folder is a new one, not "other files"
+    assert _run("phantom", src, tmp_path / "empty")["exams"] == 3
 
 
 def test_interrupted_import_leaves_nothing(trees, tmp_path, monkeypatch):

@@ -1,6 +1,13 @@
 """Tests for ich.train: the loss, learning on an easy phantom, resume, cancel, the fast path, errors."""
 
 import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +19,8 @@ from ich import runs
 from ich.config import make_config, with_overrides
 from ich.models import build_encoder, save_encoder
 from ich.train import fit, focal_loss
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -226,14 +235,24 @@ def test_bad_budget_and_folders(easy, tmp_path):
         fit(tiny(easy, budget=17), tmp_path / "big")
     st = runs.read_status(tmp_path / "big")
     assert st["state"] == "failed" and "the maximum is 16 exams" in st["error"]
-    with pytest.raises(FileExistsError, match="--resume"):
-        fit(tiny(easy, budget=17), tmp_path / "big")
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         fit(None, tmp_path / "nothing", resume=True)
     with pytest.raises(ValueError, match="different config"):
         fit(with_overrides(tiny(easy, budget=17), {"seed": 9}), tmp_path / "big", resume=True)
     with pytest.raises(FileNotFoundError, match="is not an ich dataset"):
         fit(make_config(str(tmp_path / "nods"), preset="tiny"), tmp_path / "r")
+
+
+def test_a_run_that_failed_at_setup_neither_blocks_its_folder_nor_resumes_its_bad_config(easy, tmp_path):
+    with pytest.raises(ValueError, match="the maximum is 16 exams"):
+        fit(tiny(easy, budget=17), tmp_path / "run")
+    with pytest.raises(ValueError, match="failed before its first epoch.*the maximum is 16 exams.*without --resume"):
+        fit(None, tmp_path / "run", resume=True)
+    assert runs.read_status(tmp_path / "run")["state"] == "failed"
+    out = fit(tiny(easy, budget=4, overrides={"train.epochs": 1}), tmp_path / "run")    # the folder is reusable
+    assert out["state"] == "done" and runs.read_config(tmp_path / "run").train.budget == 4
+    with pytest.raises(FileExistsError, match="pass --resume to continue it"):         # a real run is kept
+        fit(tiny(easy, budget=4), tmp_path / "run")
 
 
 def test_cli_train_and_predict(easy, tmp_path, capsys):
@@ -359,3 +378,122 @@ def test_old_run_configs_keep_their_free_validation(easy, tmp_path):
     p.write_text(json.dumps(d))
     cfg = runs.read_config(tmp_path / "old")
     assert cfg.train.validation == "free" and cfg.train.lr_factors == (1.0,) and cfg.train.steps_per_epoch is None
+
+# ------------------------------------------------------------------------------ reliability
+def _cancelled_after_epoch_1(easy, run, epochs=8):
+    cfg = tiny(easy, budget=6, overrides={"train.epochs": epochs})
+    fit(cfg, run, on_progress=lambda e: e["phase"] == "val" and runs.request_cancel(run))
+    assert runs.read_metrics(run).epoch.tolist() == [1]
+
+
+_AT_BARRIER = """import os, sys, time
+ready, go = sys.argv[1], sys.argv[2]
+from ich.cli import main
+import ich.train
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.005)
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+
+
+def test_two_resumes_of_one_run_one_proceeds(easy, tmp_path):
+    """Two `train --resume` of one run started at the same instant (a barrier file): exactly one trains."""
+    run = tmp_path / "run"
+    _cancelled_after_epoch_1(easy, run)
+    procs = [subprocess.Popen([sys.executable, "-c", _AT_BARRIER, str(tmp_path / f"ready{i}"), str(tmp_path / "go"),
+                               "train", "--resume", "--out", str(run), "--quiet"], cwd=REPO, env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    deadline = time.time() + 120
+    while not all((tmp_path / f"ready{i}").exists() for i in (0, 1)) and time.time() < deadline:
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    outs = [p.communicate(timeout=300) for p in procs]
+    rcs = [p.returncode for p in procs]
+    assert sorted(rcs) == [0, 2], outs
+    winner = procs[rcs.index(0)].pid
+    loser_err = outs[rcs.index(2)][1]
+    assert f"being written by another process (pid {winner})" in loser_err and "Traceback" not in loser_err
+    assert runs.read_metrics(run).epoch.tolist() == list(range(1, 9))       # strictly increasing, no repeat
+    assert runs.read_status(run)["state"] == "done"
+
+
+def test_sigterm_stops_training_like_ctrl_c(easy, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "ich", "train", "--dataset", str(easy), "--preset", "tiny",
+                             "--epochs", "40", "--out", str(run), "--quiet", "--threads", "1"], cwd=REPO, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while runs.read_metrics(run).empty and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert runs.read_status(run)["state"] == "cancelled"
+    assert not list(run.glob(".*tmp*"))
+    fit(None, run, resume=True)                              # and it resumes (the lock went with the process)
+    assert runs.read_status(run)["state"] == "done"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 KiB tmpfs (needs root and mount; skipped otherwise): smaller than one resumable checkpoint."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], check=True,
+                       capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as err:
+        pytest.skip(f"cannot mount a tmpfs here: {err}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+def test_a_full_disk_fails_the_run_with_one_line_and_no_temp_files(easy, small_disk):
+    run = small_disk / "run"
+    with pytest.raises(RuntimeError, match="is full .*no space left on device.*checkpoint.pt"):
+        fit(tiny(easy, budget=6, overrides={"train.epochs": 2}), run)
+    st = runs.read_status(run)
+    assert st["state"] == "failed" and "is full" in st["error"] and "\n" not in st["error"]
+    assert not list(run.glob(".*tmp*")) and not runs.has_checkpoint(run)
+
+
+@pytest.mark.parametrize("content", ["crafted", "empty", "random"])
+def test_evaluate_refuses_a_crafted_or_damaged_checkpoint(tiny_dataset, tmp_path, capsys, content):
+    """`ich evaluate RUN` on a phantom with masks loads the model (pixel scores): the checkpoint is read."""
+    from ich.cli import main
+
+    run, marker = tmp_path / "run", tmp_path / "MARKER"
+    fit(tiny(tiny_dataset, budget=4, overrides={"train.epochs": 1}), run)
+
+    class RunsCode:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    data = {"crafted": pickle.dumps({"kind": runs.CHECKPOINT_KIND, "x": RunsCode()}), "empty": b"",
+            "random": np.random.default_rng(0).bytes(20000)}[content]
+    (run / runs.CHECKPOINT_FILE).write_bytes(data)
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert err.count("\n") == 1 and err.startswith("error:") and "checkpoint.pt" in err
+    if content == "crafted":
+        assert "--trust-checkpoint" in err
+
+
+def test_trust_checkpoint_flag_converts_an_old_checkpoint(tiny_dataset, tmp_path, capsys):
+    from ich.cli import main
+
+    run = tmp_path / "run"
+    fit(tiny(tiny_dataset, budget=4, overrides={"train.epochs": 1}), run)
+    ckpt = runs.load_checkpoint(run)
+    ckpt["best"] = {k: np.float64(v) if isinstance(v, float) else v for k, v in ckpt["best"].items()}
+    torch.save(ckpt, run / runs.CHECKPOINT_FILE)               # numpy scalars, as an older writer left them
+    assert main(["evaluate", str(run)]) == 2 and "--trust-checkpoint" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--trust-checkpoint"]) == 0
+    assert runs.load_checkpoint(run)["best"]["epoch"] == 1

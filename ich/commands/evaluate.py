@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap, slice-subset and random-map seed")
     p.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda")
     p.add_argument("--json", action="store_true", help="print the whole metrics dict")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="the run's checkpoint is from an older ich version and you trust its source: re-save it in "
+                        "the safe format first (loading it this once may run code it holds)")
 
 
 def _split_list(text: str | None) -> tuple[str, ...] | None:
@@ -77,6 +80,9 @@ def format_metrics(m: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from ich import runs
     from ich.evaluate import evaluate_run
+
+    if args.trust_checkpoint:
+        runs.trust_checkpoint(args.run)
 
     m = evaluate_run(args.run, args.dataset, split=args.split, name=args.name, pixel=not args.no_pixel,
                      pixel_methods=_split_list(args.methods) or (), selection=args.selection,

@@ -17,6 +17,9 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a finished run folder")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="the run's checkpoint is from an older ich version and you trust its source: re-save it in "
+                        "the safe format first (loading it this once may run code it holds)")
     p.add_argument("--exam", required=True, help="exam id to explain")
     p.add_argument("--dataset", help="dataset folder (default: the run's own)")
     p.add_argument("--method", default="gradcam", choices=["gradcam", "ig", "occlusion", "saliency", "random"],
@@ -90,6 +93,10 @@ def write_explanation(res: dict, out: str | os.PathLike, *, png: bool = True) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.trust_checkpoint:
+        from ich import runs
+
+        runs.trust_checkpoint(args.run)
     import numpy as np
 
     from ich.evaluate import explain_run_exam

@@ -21,9 +21,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="write predictions-<name>.parquet (default: from the dataset)")
     p.add_argument("--out", help="--dicom only: write the per-slice table to this CSV file")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="the run's checkpoint is from an older ich version and you trust its source: re-save it in "
+                        "the safe format first (loading it this once may run code it holds)")
 
 
 def run(args) -> int:
+    if args.trust_checkpoint:
+        from ich import runs
+
+        runs.trust_checkpoint(args.run)
     if args.dicom:  # read (and size-check) the DICOM before torch and the model load
         from ich.dicom import read_series
 
