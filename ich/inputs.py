@@ -1,6 +1,6 @@
 """Checks that one read DICOM series is an axial head CT a model can score, before it is scored.
 
-``check_volume`` looks at a ``dicom.Volume`` (pixels in HU plus the non-identifying facts of
+``check_folder`` reads and checks every series of a folder; ``check_volume`` looks at a ``dicom.Volume`` (pixels in HU plus the non-identifying facts of
 ``Volume.meta``) and returns a ``SeriesCheck``: *refusals* (the series must not be scored: each
 says what was found, what was expected and how to fix it) and *warnings* (the series is scored,
 but the app and the CLI show the warning next to the score).
@@ -156,3 +156,31 @@ def check_volume(volume) -> SeriesCheck:
     else:
         warnings.append("the series records no pixel spacing, so the head check could not run")
     return SeriesCheck(refusals=tuple(refusals), warnings=tuple(warnings), facts=facts)
+
+
+def check_folder(folder: str | os.PathLike) -> list[dict]:
+    """Read and check every CT series of a DICOM folder, without scoring (``ich.inputs``).
+
+    Returns:
+        One dict per series, in the folder's order: ``series`` ("series 1", ...), ``series_key``
+        (a hash of its UID), ``volume`` (a ``dicom.Volume``, None when it could not be read), ``check``
+        (an ``inputs.SeriesCheck``). A series ``read_series`` refuses (non-CT, duplicated slices...)
+        comes back with that refusal as its check.
+    """
+    from ich import dicom
+
+    scan = dicom.scan_headers(folder, on_error="raise")
+    if not scan.headers:
+        raise ValueError(f"{folder}: no DICOM image found ({len(scan.non_image)} non-image objects); give the folder "
+                         "of one CT series")
+    out = []
+    for i, (uid, headers) in enumerate(dicom.group_series(scan.headers).items()):
+        item = {"series": f"series {i + 1}", "series_key": dicom.key_hash(uid)[:12], "volume": None}
+        try:
+            vol = dicom.read_series([h.path for h in headers])
+            item.update(volume=vol, check=check_volume(vol))
+        except dicom.DicomError as err:
+            item["check"] = SeriesCheck(refusals=(str(err),), facts={"n_slices": len(headers)})
+        out.append(item)
+    return out
+

@@ -214,34 +214,6 @@ def predict_volume(run: str | os.PathLike, hu: np.ndarray, *, device: str = "aut
     return float(df["exam_score"].iloc[0]), df[["index", "slice_score", "attention"]].reset_index(drop=True)
 
 
-def check_dicom_folder(folder: str | os.PathLike) -> list[dict]:
-    """Read and check every CT series of a DICOM folder, without scoring (``ich.inputs``).
-
-    Returns:
-        One dict per series, in the folder's order: ``series`` ("series 1", ...), ``series_key``
-        (a hash of its UID), ``volume`` (a ``dicom.Volume``, None when it could not be read), ``check``
-        (an ``inputs.SeriesCheck``). A series ``read_series`` refuses (non-CT, duplicated slices...)
-        comes back with that refusal as its check.
-    """
-    from ich import dicom
-    from ich.inputs import SeriesCheck, check_volume
-
-    scan = dicom.scan_headers(folder, on_error="raise")
-    if not scan.headers:
-        raise ValueError(f"{folder}: no DICOM image found ({len(scan.non_image)} non-image objects); give the folder "
-                         "of one CT series")
-    out = []
-    for i, (uid, headers) in enumerate(dicom.group_series(scan.headers).items()):
-        item = {"series": f"series {i + 1}", "series_key": dicom.key_hash(uid)[:12], "volume": None}
-        try:
-            vol = dicom.read_series([h.path for h in headers])
-            item.update(volume=vol, check=check_volume(vol))
-        except dicom.DicomError as err:
-            item["check"] = SeriesCheck(refusals=(str(err),), facts={"n_slices": len(headers)})
-        out.append(item)
-    return out
-
-
 def score_series(run: str | os.PathLike, volume, *, device: str = "auto") -> dict:
     """Score one checked series and say how far it lies from the run's training data.
 

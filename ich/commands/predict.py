@@ -40,8 +40,10 @@ def run(args) -> int:
         return 0
     import pandas as pd
 
+    from ich.inputs import check_folder
+
     results, tables = [], []
-    for item in predict.check_dicom_folder(args.dicom):
+    for item in check_folder(args.dicom):
         check = item["check"]
         row = {"exam": item["series"], "series_key": item["series_key"], "n_slices": check.facts.get("n_slices"),
                "exam_score": None, "ood": None, "ood_score": None, "ood_threshold": None, "ood_reason": None,
