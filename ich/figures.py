@@ -153,16 +153,27 @@ def roc_figure(curves: Sequence[Mapping[str, Any]], *, title: str | None = None)
     return fig
 
 
-def slice_strip_figure(slices: pd.DataFrame, exam_id: str | None = None, *, title: str | None = None):
-    """One exam along its slices: truth, slice probability and attention as a three-row strip.
+#: Truth row colours: a lesion is the only strong colour; "no lesion" and "not known" are quiet.
+TRUTH_COLOURS = {"lesion": "#b2182b", "no lesion": "#d9d9d9", "not known": "#ffffff"}
+#: Continuous rows: white at 0 (nothing) to dark blue at the exam's maximum; never an alarm colour at 0.
+STRIP_SCALE = [[0.0, "#f7fbff"], [0.5, "#6baed6"], [1.0, "#08306b"]]
+SELECT_ROW = "click to show"
+
+
+def slice_strip_figure(slices: pd.DataFrame, exam_id: str | None = None, *, title: str | None = None,
+                       current: int | None = None):
+    """One exam along its slices: the ground truth, the slice probability and the attention.
 
     Args:
         slices: prediction rows (``runs.read_predictions``' slices: ``exam_id, index, slice_score,
             attention, slice_label``).
         exam_id: the exam (default: the only or first exam in ``slices``).
+        current: the slice shown below the strip (outlined).
 
-    Rows are scaled to [0, 1] for colour (attention by its maximum in the exam); hover shows the
-    raw values. Missing values (unlabelled slices, attention of a strong run) are blank.
+    Rows: *truth* is categorical (lesion / no lesion / not known, with a legend); *slice
+    probability* in [0, 1] and *attention* scaled to the exam's largest weight share one white-to-blue
+    scale where 0 is white; a row of dots (trace ``SELECT_ROW``) is what a click selects (its
+    points carry the slice index as ``x``). Hover shows raw values. Missing values are blank.
     """
     import plotly.graph_objects as go
 
@@ -179,13 +190,35 @@ def slice_strip_figure(slices: pd.DataFrame, exam_id: str | None = None, *, titl
     att = pd.to_numeric(df["attention"], errors="coerce").to_numpy(float)
     amax = np.nanmax(att) if np.isfinite(att).any() else np.nan
     att_scaled = att / amax if np.isfinite(amax) and amax > 0 else att
-    z = np.vstack([truth, prob, att_scaled])                                   # (3, S)
-    raw = np.vstack([truth, prob, att])
-    fig = go.Figure(go.Heatmap(
-        z=z, x=idx, y=["truth", "slice probability", "attention"], customdata=raw, zmin=0, zmax=1,
-        colorscale="Inferno", colorbar=dict(title="scaled", thickness=10),
-        hovertemplate="slice %{x}<br>%{y}: %{customdata:.3f}<extra></extra>", xgap=1, ygap=2))
-    fig.update_layout(title=title or f"exam {exam_id}", xaxis_title="slice", template="plotly_white",
-                      height=220, margin=dict(l=120, r=20, t=40, b=40))
-    fig.update_yaxes(autorange="reversed")
+    rows = ["truth", "slice probability", "attention", SELECT_ROW]
+    truth_text = np.where(np.isnan(truth), "not known", np.where(truth > 0, "lesion", "no lesion"))
+    fig = go.Figure()
+    fig.add_trace(go.Heatmap(                                                   # categorical: 0 no lesion, 1 lesion
+        z=[np.where(np.isnan(truth), np.nan, truth)], x=idx, y=[rows[0]], zmin=0, zmax=1, showscale=False,
+        colorscale=[[0, TRUTH_COLOURS["no lesion"]], [0.5, TRUTH_COLOURS["no lesion"]], [0.5, TRUTH_COLOURS["lesion"]],
+                    [1, TRUTH_COLOURS["lesion"]]],
+        customdata=[truth_text], hovertemplate="slice %{x}<br>truth: %{customdata}<extra></extra>", xgap=1, ygap=2,
+        name="truth"))
+    fig.add_trace(go.Heatmap(
+        z=np.vstack([prob, att_scaled]), x=idx, y=rows[1:3], customdata=np.vstack([prob, att]), zmin=0, zmax=1,
+        colorscale=STRIP_SCALE, colorbar=dict(title=dict(text="probability,<br>attention<br>(÷ exam max)", side="top"),
+                                              thickness=10, len=0.8, tickvals=[0, 0.5, 1]),
+        hovertemplate="slice %{x}<br>%{y}: %{customdata:.3f}<extra></extra>", xgap=1, ygap=2, name="scores"))
+    fig.add_trace(go.Scatter(
+        x=idx, y=[rows[3]] * len(idx), mode="markers", name=SELECT_ROW, showlegend=False,
+        marker=dict(size=9, color=["#08306b" if current is not None and i == current else "#bdbdbd" for i in idx],
+                    symbol="circle"),
+        hovertemplate="slice %{x}: click to show it<extra></extra>"))
+    for label, colour in TRUTH_COLOURS.items():                                  # legend of the truth row
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"truth: {label}", hoverinfo="skip",
+                                 marker=dict(size=11, symbol="square", color=colour,
+                                             line=dict(color="#888888", width=1))))
+    if current is not None:
+        fig.add_vrect(x0=current - 0.5, x1=current + 0.5, line=dict(color="#08306b", width=2), fillcolor="rgba(0,0,0,0)")
+    fig.update_layout(title=title or f"exam {exam_id}", xaxis_title="slice (0 = lowest)", template="plotly_white",
+                      height=260, margin=dict(l=120, r=20, t=40, b=40), clickmode="event+select",
+                      legend=dict(orientation="h", y=1.12, x=1, xanchor="right"),
+                      plot_bgcolor="#ffffff", paper_bgcolor="rgba(0,0,0,0)")
+    fig.update_yaxes(autorange="reversed", categoryorder="array", categoryarray=rows, fixedrange=True)
+    fig.update_xaxes(fixedrange=True)
     return fig

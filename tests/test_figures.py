@@ -43,7 +43,15 @@ def test_roc_and_strip():
     assert "AUC 0.800" in fig.data[1].name
     slices = pd.DataFrame({"exam_id": "E1", "index": np.arange(5), "slice_score": np.linspace(0, 1, 5),
                            "attention": [0, 0, 0.5, 0.5, 0], "slice_label": [0, 0, 1, 1, 0]})
-    strip = slice_strip_figure(slices)
-    assert np.asarray(strip.data[0].z).shape == (3, 5)
+    strip = slice_strip_figure(slices, current=2)
+    truth, scores, dots = strip.data[:3]
+    assert np.asarray(truth.z).shape == (1, 5) and list(truth.customdata[0]) == ["no lesion"] * 2 + ["lesion"] * 2 + \
+        ["no lesion"]
+    assert np.asarray(scores.z).shape == (2, 5)
+    assert scores.colorscale[0][1] == "#f7fbff"          # zero is white, never an alarm colour
+    assert list(dots.x) == list(range(5)) and dots.marker.color[2] != dots.marker.color[0]   # what a click selects
+    assert [t.name for t in strip.data[3:]] == ["truth: lesion", "truth: no lesion", "truth: not known"]
+    unknown = slice_strip_figure(slices.assign(slice_label=np.nan))
+    assert list(unknown.data[0].customdata[0]) == ["not known"] * 5
     with pytest.raises(ValueError, match="no slices"):
         slice_strip_figure(slices, "E9")
