@@ -222,3 +222,26 @@ def slice_strip_figure(slices: pd.DataFrame, exam_id: str | None = None, *, titl
     fig.update_yaxes(autorange="reversed", categoryorder="array", categoryarray=rows, fixedrange=True)
     fig.update_xaxes(fixedrange=True)
     return fig
+
+
+def hu_slice_figure(hu: np.ndarray, level: float, width: float, *, title: str | None = None, height: int = 420):
+    """One HU slice (H, W) at native resolution in a grey window, with the HU value under the cursor and L/R marks.
+
+    Args:
+        hu: (H, W) float HU, DICOM axial orientation (column 0 = the patient's right).
+        level, width: the window in HU (grey from level - width/2 to level + width/2).
+    """
+    import plotly.graph_objects as go
+
+    hu = np.asarray(hu, dtype=np.float32)
+    h, w = hu.shape
+    fig = go.Figure(go.Heatmap(z=hu, colorscale="gray", zmin=level - width / 2, zmax=level + width / 2,
+                               showscale=False, hovertemplate="x %{x}, y %{y}<br>%{z:.0f} HU<extra></extra>"))
+    for text, x in (("R", 0.02), ("L", 0.98)):
+        fig.add_annotation(x=x, y=0.5, xref="paper", yref="paper", text=f"<b>{text}</b>", showarrow=False,
+                           font=dict(color="#ffd400", size=16))
+    fig.update_layout(title=title, height=height, margin=dict(l=0, r=0, t=30 if title else 0, b=0),
+                      plot_bgcolor="#000000", paper_bgcolor="rgba(0,0,0,0)")
+    fig.update_xaxes(visible=False, range=[-0.5, w - 0.5], constrain="domain")
+    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x", constrain="domain")
+    return fig

@@ -405,3 +405,21 @@ def test_explain_verb_writes_maps_and_overlays(trained_run, tmp_path, capsys):
     assert res["exam_score"] == pytest.approx(float(exams.set_index("exam_id").loc[exam, "exam_score"]), abs=1e-4)
     assert main(["explain", str(run), "--exam", exam, "--slices", "99", "--out", str(tmp_path / "y")]) == 2
     assert "slices must be positions 0.." in capsys.readouterr().err
+
+
+def test_operating_point_is_fixed_on_validation_and_reported_on_test(tiny_phantom_run):
+    from ich import runs
+    from ich.evaluate import load_predictions, validation_operating_point
+    from ich.metrics import operating_point
+
+    op = validation_operating_point(tiny_phantom_run, device="cpu")
+    val, _, _ = load_predictions(tiny_phantom_run, split="val")
+    y = val["exam_label"].astype(float).to_numpy()
+    assert op["threshold"] == operating_point(y, val["exam_score"].to_numpy(float), rule="youden")["threshold"]
+    test, _, _ = runs.read_predictions(tiny_phantom_run)[0], None, None
+    t = op["test"]
+    assert t["n"] == len(test) and t["tp"] + t["fn"] + t["tn"] + t["fp"] == t["n"]
+    positives = test["exam_score"].to_numpy(float) >= op["threshold"]
+    assert t["tp"] + t["fp"] == int(positives.sum())
+    fixed = validation_operating_point(tiny_phantom_run, threshold=2.0, device="cpu")   # nothing is positive
+    assert fixed["test"]["tp"] == 0 and fixed["test"]["fp"] == 0

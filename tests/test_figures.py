@@ -55,3 +55,13 @@ def test_roc_and_strip():
     assert list(unknown.data[0].customdata[0]) == ["not known"] * 5
     with pytest.raises(ValueError, match="no slices"):
         slice_strip_figure(slices, "E9")
+
+
+def test_hu_slice_figure_shows_hu_on_hover_and_marks_sides():
+    from ich.figures import hu_slice_figure
+
+    hu = np.arange(12, dtype=np.float32).reshape(3, 4) * 10
+    fig = hu_slice_figure(hu, 40, 80)
+    assert np.asarray(fig.data[0].z).shape == (3, 4) and "HU" in fig.data[0].hovertemplate
+    assert (fig.data[0].zmin, fig.data[0].zmax) == (0, 80)
+    assert [a.text for a in fig.layout.annotations] == ["<b>R</b>", "<b>L</b>"]
