@@ -170,10 +170,10 @@ def slice_strip_figure(slices: pd.DataFrame, exam_id: str | None = None, *, titl
         exam_id: the exam (default: the only or first exam in ``slices``).
         current: the slice shown below the strip (outlined).
 
-    Rows: *truth* is categorical (lesion / no lesion / not known, with a legend); *slice
-    probability* in [0, 1] and *attention* scaled to the exam's largest weight share one white-to-blue
-    scale where 0 is white; a row of dots (trace ``SELECT_ROW``) is what a click selects (its
-    points carry the slice index as ``x``). Hover shows raw values. Missing values are blank.
+    Rows: *truth* is categorical (lesion / no lesion / not known: traces 0-2, one per category, with
+    a legend); *slice probability* in [0, 1] and *attention* scaled to the exam's largest weight share
+    one white-to-blue heatmap (trace 3) where 0 is white; a row of dots (trace 4, ``SELECT_ROW``) is
+    what a click selects (its points carry the slice index as ``x``). Hover shows raw values.
     """
     import plotly.graph_objects as go
 
@@ -193,33 +193,35 @@ def slice_strip_figure(slices: pd.DataFrame, exam_id: str | None = None, *, titl
     rows = ["truth", "slice probability", "attention", SELECT_ROW]
     truth_text = np.where(np.isnan(truth), "not known", np.where(truth > 0, "lesion", "no lesion"))
     fig = go.Figure()
-    fig.add_trace(go.Heatmap(                                                   # categorical: 0 no lesion, 1 lesion
-        z=[np.where(np.isnan(truth), np.nan, truth)], x=idx, y=[rows[0]], zmin=0, zmax=1, showscale=False,
-        colorscale=[[0, TRUTH_COLOURS["no lesion"]], [0.5, TRUTH_COLOURS["no lesion"]], [0.5, TRUTH_COLOURS["lesion"]],
-                    [1, TRUTH_COLOURS["lesion"]]],
-        customdata=[truth_text], hovertemplate="slice %{x}<br>truth: %{customdata}<extra></extra>", xgap=1, ygap=2,
-        name="truth"))
+    # one heatmap only (plotly.js fails on two heatmaps with different rows on one axis): the truth row is
+    # drawn as squares, one trace per category, which also gives its legend
+    for label, colour in TRUTH_COLOURS.items():
+        sel = truth_text == label
+        fig.add_trace(go.Scatter(
+            x=idx[sel] if sel.any() else [None], y=[0] * max(int(sel.sum()), 1), mode="markers",
+            name=f"truth: {label}", marker=dict(size=13, symbol="square", color=colour,
+                                                line=dict(color="#888888", width=1)),
+            hovertemplate=f"slice %{{x}}<br>truth: {label}<extra></extra>"))
     fig.add_trace(go.Heatmap(
-        z=np.vstack([prob, att_scaled]), x=idx, y=rows[1:3], customdata=np.vstack([prob, att]), zmin=0, zmax=1,
+        z=np.vstack([prob, att_scaled]), x=idx, y=[1, 2], customdata=np.vstack([prob, att]), zmin=0, zmax=1,
         colorscale=STRIP_SCALE, colorbar=dict(title=dict(text="probability,<br>attention<br>(÷ exam max)", side="top"),
                                               thickness=10, len=0.8, tickvals=[0, 0.5, 1]),
-        hovertemplate="slice %{x}<br>%{y}: %{customdata:.3f}<extra></extra>", xgap=1, ygap=2, name="scores"))
+        text=[[rows[1]] * len(idx), [rows[2]] * len(idx)],
+        hovertemplate="slice %{x}<br>%{text}: %{customdata:.3f}<extra></extra>", xgap=1, ygap=2, name="scores"))
     fig.add_trace(go.Scatter(
-        x=idx, y=[rows[3]] * len(idx), mode="markers", name=SELECT_ROW, showlegend=False,
+        x=idx, y=[3] * len(idx), mode="markers", name=SELECT_ROW, showlegend=False,
         marker=dict(size=9, color=["#08306b" if current is not None and i == current else "#bdbdbd" for i in idx],
                     symbol="circle"),
         hovertemplate="slice %{x}: click to show it<extra></extra>"))
-    for label, colour in TRUTH_COLOURS.items():                                  # legend of the truth row
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"truth: {label}", hoverinfo="skip",
-                                 marker=dict(size=11, symbol="square", color=colour,
-                                             line=dict(color="#888888", width=1))))
     if current is not None:
         fig.add_vrect(x0=current - 0.5, x1=current + 0.5, line=dict(color="#08306b", width=2), fillcolor="rgba(0,0,0,0)")
     fig.update_layout(title=title or f"exam {exam_id}", xaxis_title="slice (0 = lowest)", template="plotly_white",
                       height=260, margin=dict(l=120, r=20, t=40, b=40), clickmode="event+select",
                       legend=dict(orientation="h", y=1.12, x=1, xanchor="right"),
                       plot_bgcolor="#ffffff", paper_bgcolor="rgba(0,0,0,0)")
-    fig.update_yaxes(autorange="reversed", categoryorder="array", categoryarray=rows, fixedrange=True)
+    # numeric rows named by ticks: plotly.js fails to draw a heatmap on a category axis that other traces extend
+    fig.update_yaxes(tickvals=[0, 1, 2, 3], ticktext=rows, range=[3.5, -0.5], fixedrange=True, showgrid=False,
+                     zeroline=False)
     fig.update_xaxes(fixedrange=True)
     return fig
 

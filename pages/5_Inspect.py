@@ -8,7 +8,7 @@ import streamlit as st
 from ich import paths, runs
 from ich.evaluate import explain_run_exam, load_predictions, validation_operating_point
 from ich.explain import overlay
-from ich.figures import SELECT_ROW, hu_slice_figure, slice_strip_figure
+from ich.figures import hu_slice_figure, slice_strip_figure
 from ich.labels import WINDOWS
 from ich.ood import score_dataset
 from ich.store import open_dataset
@@ -85,7 +85,7 @@ source = c[0].selectbox("Exams", sources, format_func=source_label, key="inspect
 if source != OWN:
     c[1].button("Remove this upload", on_click=forget_upload, args=(source,), key="inspect_remove")
     for w in uploads[source].get("check", {}).get("warnings", []):
-        st.warning(w)
+        st.warning(w[:1].upper() + w[1:])
 dataset = None if source == OWN else source
 pred_name = None if source == OWN else f"upload-{uploads[source]['name']}"
 
@@ -139,7 +139,7 @@ except (ValueError, FileNotFoundError, RuntimeError) as err:
     verdict = None
     st.info(f"The out-of-distribution check could not run: {err}")
 if verdict is not None and verdict["ood"]:
-    st.warning(f"**Out of distribution: do not trust this score.** {verdict['reason']}.")
+    st.warning(f"**Out of distribution: do not trust this score.** {verdict['reason'][:1].upper()}{verdict['reason'][1:]}.")
 
 # ------------------------------------------------------------------ the strip and the slice
 slice_key = f"inspect_slice::{run}::{source}::{exam_id}"
@@ -153,7 +153,7 @@ st.caption("Along the slices: the ground truth (when known), the slice probabili
 event = st.plotly_chart(slice_strip_figure(slices, exam_id, current=index), on_select="rerun",
                         selection_mode="points", key=f"inspect_strip::{run}::{source}::{exam_id}")
 points = [p for p in ((event or {}).get("selection", {}).get("points", []) if hasattr(event, "get") else [])
-          if p.get("y") == SELECT_ROW or p.get("curve_number") == 2]
+          if p.get("curve_number") == 4]          # the row of dots (figures.slice_strip_figure)
 pick = int(points[0]["x"]) if points else None
 if pick is not None and pick != st.session_state.get("inspect_last_pick") and 0 <= pick < n:
     st.session_state["inspect_last_pick"] = pick

@@ -44,15 +44,15 @@ def test_roc_and_strip():
     slices = pd.DataFrame({"exam_id": "E1", "index": np.arange(5), "slice_score": np.linspace(0, 1, 5),
                            "attention": [0, 0, 0.5, 0.5, 0], "slice_label": [0, 0, 1, 1, 0]})
     strip = slice_strip_figure(slices, current=2)
-    truth, scores, dots = strip.data[:3]
-    assert np.asarray(truth.z).shape == (1, 5) and list(truth.customdata[0]) == ["no lesion"] * 2 + ["lesion"] * 2 + \
-        ["no lesion"]
+    lesion, negative, unknown, scores, dots = strip.data
+    assert [t.name for t in (lesion, negative, unknown)] == ["truth: lesion", "truth: no lesion", "truth: not known"]
+    assert list(lesion.x) == [2, 3] and list(negative.x) == [0, 1, 4] and list(unknown.x) == [None]
+    assert lesion.marker.color != negative.marker.color
     assert np.asarray(scores.z).shape == (2, 5)
     assert scores.colorscale[0][1] == "#f7fbff"          # zero is white, never an alarm colour
     assert list(dots.x) == list(range(5)) and dots.marker.color[2] != dots.marker.color[0]   # what a click selects
-    assert [t.name for t in strip.data[3:]] == ["truth: lesion", "truth: no lesion", "truth: not known"]
-    unknown = slice_strip_figure(slices.assign(slice_label=np.nan))
-    assert list(unknown.data[0].customdata[0]) == ["not known"] * 5
+    none = slice_strip_figure(slices.assign(slice_label=np.nan))
+    assert list(none.data[2].x) == list(range(5)) and list(none.data[0].x) == [None]
     with pytest.raises(ValueError, match="no slices"):
         slice_strip_figure(slices, "E9")
 
