@@ -72,7 +72,8 @@ def source_label(s: str) -> str:
     if s == OWN:
         return "Test exams of the run's dataset (with ground truth)"
     u = uploads[s]
-    return f"Your series {u['name']} ({u.get('check', {}).get('facts', {}).get('n_slices', '?')} slices, no ground truth)"
+    n_slices = u.get("check", {}).get("facts", {}).get("n_slices", "?")
+    return f"Your series {u['name']} ({n_slices} slice{'' if n_slices == 1 else 's'}, no ground truth)"
 
 
 def forget_upload(dataset_path: str) -> None:

@@ -227,6 +227,7 @@ def test_own_series_uploads_ood_and_strip_click(app_url, page, tiny_phantom_run,
     target = 3 if before != 3 else 5
     t0 = time.time()
     dot = page.locator(".js-plotly-plot").first.locator(".scatterlayer .trace").nth(3).locator(".point").nth(target)
+    dot.scroll_into_view_if_needed()
     box = dot.bounding_box()                             # plotly's drag layer sits above the points: click there
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     deadline = time.time() + 30
