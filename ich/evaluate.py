@@ -688,3 +688,45 @@ def explain_run_exam(run: str | os.PathLike, exam_id: str, *, dataset: str | os.
         big = resize_maps(maps, m.shape[1:])
         out["scores"] = [score_map(big[j], m[j]) for j in range(len(idx))]
     return out
+
+
+def validation_operating_point(run: str | os.PathLike, *, rule: str = "youden", threshold: float | None = None,
+                               device: str = "auto") -> dict:
+    """An exam-level cutoff fixed on the validation split, and the sensitivity/specificity it gives on test.
+
+    The threshold is read from the validation exams' ROC curve (``metrics.operating_point``) or
+    given; it is never chosen on the test split. The validation split is scored first when the run
+    has no predictions for it.
+
+    Args:
+        run: a finished run folder.
+        rule: ``youden`` (max sensitivity + specificity - 1) or ``closest`` (nearest to the top-left corner).
+        threshold: use this cutoff instead of reading one from validation (e.g. a slider).
+
+    Returns:
+        ``threshold, rule, val`` and ``test``, each ``{sensitivity, specificity, tp, fn, tn, fp, n}``
+        (rates NaN where a class is missing).
+    """
+    from ich.metrics import operating_point
+
+    def at(exams: pd.DataFrame, t: float) -> dict:
+        y = pd.to_numeric(exams["exam_label"], errors="coerce").to_numpy(float)
+        s = exams["exam_score"].to_numpy(float)
+        keep = ~np.isnan(y)
+        y, pos = y[keep], s[keep] >= t
+        tp, fn = int(((y == 1) & pos).sum()), int(((y == 1) & ~pos).sum())
+        tn, fp = int(((y == 0) & ~pos).sum()), int(((y == 0) & pos).sum())
+        return {"sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
+                "specificity": tn / (tn + fp) if tn + fp else float("nan"),
+                "tp": tp, "fn": fn, "tn": tn, "fp": fp, "n": int(keep.sum())}
+
+    val, _, _ = load_predictions(run, split="val", device=device)
+    test, _, _ = load_predictions(run, device=device)
+    if threshold is None:
+        y = pd.to_numeric(val["exam_label"], errors="coerce").to_numpy(float)
+        keep = ~np.isnan(y)
+        threshold = operating_point(y[keep], val["exam_score"].to_numpy(float)[keep], rule=rule)["threshold"]
+        if not np.isfinite(threshold):
+            raise ValueError(f"run {Path(run).name}: the validation split needs positive and negative exams to fix "
+                             "a cutoff; set one by hand instead")
+    return {"threshold": float(threshold), "rule": rule, "val": at(val, threshold), "test": at(test, threshold)}

@@ -153,16 +153,27 @@ def roc_figure(curves: Sequence[Mapping[str, Any]], *, title: str | None = None)
     return fig
 
 
-def slice_strip_figure(slices: pd.DataFrame, exam_id: str | None = None, *, title: str | None = None):
-    """One exam along its slices: truth, slice probability and attention as a three-row strip.
+#: Truth row colours: a lesion is the only strong colour; "no lesion" and "not known" are quiet.
+TRUTH_COLOURS = {"lesion": "#b2182b", "no lesion": "#d9d9d9", "not known": "#ffffff"}
+#: Continuous rows: white at 0 (nothing) to dark blue at the exam's maximum; never an alarm colour at 0.
+STRIP_SCALE = [[0.0, "#f7fbff"], [0.5, "#6baed6"], [1.0, "#08306b"]]
+SELECT_ROW = "click to show"
+
+
+def slice_strip_figure(slices: pd.DataFrame, exam_id: str | None = None, *, title: str | None = None,
+                       current: int | None = None):
+    """One exam along its slices: the ground truth, the slice probability and the attention.
 
     Args:
         slices: prediction rows (``runs.read_predictions``' slices: ``exam_id, index, slice_score,
             attention, slice_label``).
         exam_id: the exam (default: the only or first exam in ``slices``).
+        current: the slice shown below the strip (outlined).
 
-    Rows are scaled to [0, 1] for colour (attention by its maximum in the exam); hover shows the
-    raw values. Missing values (unlabelled slices, attention of a strong run) are blank.
+    Rows: *truth* is categorical (lesion / no lesion / not known: traces 0-2, one per category, with
+    a legend); *slice probability* in [0, 1] and *attention* scaled to the exam's largest weight share
+    one white-to-blue heatmap (trace 3) where 0 is white; a row of dots (trace 4, ``SELECT_ROW``) is
+    what a click selects (its points carry the slice index as ``x``). Hover shows raw values.
     """
     import plotly.graph_objects as go
 
@@ -179,13 +190,60 @@ def slice_strip_figure(slices: pd.DataFrame, exam_id: str | None = None, *, titl
     att = pd.to_numeric(df["attention"], errors="coerce").to_numpy(float)
     amax = np.nanmax(att) if np.isfinite(att).any() else np.nan
     att_scaled = att / amax if np.isfinite(amax) and amax > 0 else att
-    z = np.vstack([truth, prob, att_scaled])                                   # (3, S)
-    raw = np.vstack([truth, prob, att])
-    fig = go.Figure(go.Heatmap(
-        z=z, x=idx, y=["truth", "slice probability", "attention"], customdata=raw, zmin=0, zmax=1,
-        colorscale="Inferno", colorbar=dict(title="scaled", thickness=10),
-        hovertemplate="slice %{x}<br>%{y}: %{customdata:.3f}<extra></extra>", xgap=1, ygap=2))
-    fig.update_layout(title=title or f"exam {exam_id}", xaxis_title="slice", template="plotly_white",
-                      height=220, margin=dict(l=120, r=20, t=40, b=40))
-    fig.update_yaxes(autorange="reversed")
+    rows = ["truth", "slice probability", "attention", SELECT_ROW]
+    truth_text = np.where(np.isnan(truth), "not known", np.where(truth > 0, "lesion", "no lesion"))
+    fig = go.Figure()
+    # one heatmap only (plotly.js fails on two heatmaps with different rows on one axis): the truth row is
+    # drawn as squares, one trace per category, which also gives its legend
+    for label, colour in TRUTH_COLOURS.items():
+        sel = truth_text == label
+        fig.add_trace(go.Scatter(
+            x=idx[sel] if sel.any() else [None], y=[0] * max(int(sel.sum()), 1), mode="markers",
+            name=f"truth: {label}", marker=dict(size=13, symbol="square", color=colour,
+                                                line=dict(color="#888888", width=1)),
+            hovertemplate=f"slice %{{x}}<br>truth: {label}<extra></extra>"))
+    fig.add_trace(go.Heatmap(
+        z=np.vstack([prob, att_scaled]), x=idx, y=[1, 2], customdata=np.vstack([prob, att]), zmin=0, zmax=1,
+        colorscale=STRIP_SCALE, colorbar=dict(title=dict(text="probability,<br>attention<br>(÷ exam max)", side="top"),
+                                              thickness=10, len=0.8, tickvals=[0, 0.5, 1]),
+        text=[[rows[1]] * len(idx), [rows[2]] * len(idx)],
+        hovertemplate="slice %{x}<br>%{text}: %{customdata:.3f}<extra></extra>", xgap=1, ygap=2, name="scores"))
+    fig.add_trace(go.Scatter(
+        x=idx, y=[3] * len(idx), mode="markers", name=SELECT_ROW, showlegend=False,
+        marker=dict(size=9, color=["#08306b" if current is not None and i == current else "#bdbdbd" for i in idx],
+                    symbol="circle"),
+        hovertemplate="slice %{x}: click to show it<extra></extra>"))
+    if current is not None:
+        fig.add_vrect(x0=current - 0.5, x1=current + 0.5, line=dict(color="#08306b", width=2), fillcolor="rgba(0,0,0,0)")
+    fig.update_layout(title=title or f"exam {exam_id}", xaxis_title="slice (0 = lowest)", template="plotly_white",
+                      height=260, margin=dict(l=120, r=20, t=40, b=40), clickmode="event+select",
+                      legend=dict(orientation="h", y=1.12, x=1, xanchor="right"),
+                      plot_bgcolor="#ffffff", paper_bgcolor="rgba(0,0,0,0)")
+    # numeric rows named by ticks: plotly.js fails to draw a heatmap on a category axis that other traces extend
+    fig.update_yaxes(tickvals=[0, 1, 2, 3], ticktext=rows, range=[3.5, -0.5], fixedrange=True, showgrid=False,
+                     zeroline=False)
+    fig.update_xaxes(fixedrange=True)
+    return fig
+
+
+def hu_slice_figure(hu: np.ndarray, level: float, width: float, *, title: str | None = None, height: int = 420):
+    """One HU slice (H, W) at native resolution in a grey window, with the HU value under the cursor and L/R marks.
+
+    Args:
+        hu: (H, W) float HU, DICOM axial orientation (column 0 = the patient's right).
+        level, width: the window in HU (grey from level - width/2 to level + width/2).
+    """
+    import plotly.graph_objects as go
+
+    hu = np.asarray(hu, dtype=np.float32)
+    h, w = hu.shape
+    fig = go.Figure(go.Heatmap(z=hu, colorscale="gray", zmin=level - width / 2, zmax=level + width / 2,
+                               showscale=False, hovertemplate="x %{x}, y %{y}<br>%{z:.0f} HU<extra></extra>"))
+    for text, x in (("R", 0.02), ("L", 0.98)):
+        fig.add_annotation(x=x, y=0.5, xref="paper", yref="paper", text=f"<b>{text}</b>", showarrow=False,
+                           font=dict(color="#ffd400", size=16))
+    fig.update_layout(title=title, height=height, margin=dict(l=0, r=0, t=30 if title else 0, b=0),
+                      plot_bgcolor="#000000", paper_bgcolor="rgba(0,0,0,0)")
+    fig.update_xaxes(visible=False, range=[-0.5, w - 0.5], constrain="domain")
+    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x", constrain="domain")
     return fig

@@ -264,8 +264,29 @@ def cancel(db: str | os.PathLike, job_id: int) -> Job:
             os.killpg(job.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
+        deadline = time.time() + 5          # let the processes write their own ending first
+        while _alive(job.pid) and time.time() < deadline:
+            time.sleep(0.1)
+    mark_cancelled(job.out_dir)
     start_queued(db)
     return get(db, job_id)
+
+
+def mark_cancelled(out_dir: str | os.PathLike) -> None:
+    """Write "cancelled" into what a cancelled job was writing: a run's status.json or a study's progress."""
+    from ich import runs
+
+    out = Path(out_dir)
+    try:
+        if runs.is_run(out):
+            if runs.read_status(out).get("state") in ("queued", "running"):
+                runs.write_status(out, "cancelled", error="cancelled by the user")
+        elif (out / "progress.json").is_file():
+            from ich.study import mark_cancelled as mark_study
+
+            mark_study(out)
+    except OSError as err:                  # a vanished folder: the job table still says cancelled
+        log.warning("could not mark %s cancelled: %s", out, err)
 
 
 def resume(db: str | os.PathLike, job_id: int, *, resume_flag: str = "--resume") -> Job:
@@ -393,7 +414,8 @@ def progress_of(out_dir: str | os.PathLike) -> dict:
         except json.JSONDecodeError:
             p = {}
         done, total = p.get("done", 0), p.get("total") or 0
-        return {"progress": done / total if total else None, "detail": f"{done}/{total} cells",
+        ended = f" · {p['state']}" if p.get("state") in ("cancelled", "failed") else ""
+        return {"progress": done / total if total else None, "detail": f"{done}/{total} cells{ended}",
                 "val_exam_auc": None}
     return {"progress": None, "detail": "", "val_exam_auc": None}
 

@@ -212,3 +212,23 @@ def predict_volume(run: str | os.PathLike, hu: np.ndarray, *, device: str = "aut
              "exam_id": ["exam"]}
     df = score_bags(model, [batch], supervision=cfg.train.supervision, device=dev, precision=precision)
     return float(df["exam_score"].iloc[0]), df[["index", "slice_score", "attention"]].reset_index(drop=True)
+
+
+def score_series(run: str | os.PathLike, volume, *, device: str = "auto") -> dict:
+    """Score one checked series and say how far it lies from the run's training data.
+
+    Args:
+        run: a finished run folder.
+        volume: a ``dicom.Volume`` that passed ``inputs.check_volume``.
+
+    Returns:
+        ``exam_score`` (float), ``slices`` (index, slice_score, attention), ``ood`` (bool), ``ood_score``,
+        ``ood_threshold``, ``ood_reason`` (``ich.ood``; the threshold is fixed on validation exams).
+    """
+    from ich import ood
+
+    score, slices = predict_volume(run, volume.hu, device=device)
+    verdict = ood.score_hu(run, volume.hu, device="cpu" if device == "auto" else device)
+    slices = slices.assign(ood_distance=verdict["slice_distance"].astype(np.float32))
+    return {"exam_score": score, "slices": slices, "ood": verdict["ood"], "ood_score": verdict["ood_score"],
+            "ood_threshold": verdict["threshold"], "ood_reason": verdict["reason"]}

@@ -20,6 +20,8 @@ Layout of ``<runs root>/<run name>/``::
                          dataset's predictions and evaluation: predictions-<name>.parquet, metrics-<name>.json
     CANCEL               present when a cancel was requested (checked between epochs)
     writer.lock          held (``fcntl.flock``) by the one process writing the run; holds its pid
+    ood.npz              out-of-distribution reference (``ich.ood``): training-slice Gaussian and the
+                         threshold fixed on the validation split; written on first use
 
 Every write is atomic (a temporary file, then ``os.replace``; the temporary file is removed when the
 write fails, e.g. on a full disk or a signal); metrics lines are appended whole. Checkpoints hold only
@@ -59,6 +61,7 @@ SELECTION_PREDICTIONS = "selection"
 EVALUATION_FILE = "metrics.json"
 CANCEL_FILE = "CANCEL"
 LOCK_FILE = "writer.lock"
+OOD_FILE = "ood.npz"   # the out-of-distribution reference (ich.ood), fitted on first use
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL_STATES = ("done", "failed", "cancelled")
 PREDICTION_COLUMNS = ["exam_id", "index", "split", "exam_score", "exam_label", "slice_score", "attention",
@@ -498,6 +501,33 @@ def read_evaluation(run: str | os.PathLike, name: str | None = None) -> dict:
         raise FileNotFoundError(f"run {Path(run).name} has no {path.name}; write it with `python -m ich evaluate "
                                 f"{run}`")
     return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------ out-of-distribution reference
+def ood_path(run: str | os.PathLike) -> Path:
+    """``ood.npz``: the training-slice Gaussian and validation threshold of ``ich.ood``."""
+    return Path(run) / OOD_FILE
+
+
+def write_ood_reference(run: str | os.PathLike, arrays: dict) -> Path:
+    """Write the OOD reference arrays (numeric only, no pickles) atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    path = ood_path(_check_run(run))
+    _atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def read_ood_reference(run: str | os.PathLike) -> dict | None:
+    """The saved OOD reference arrays, or None when there is none (or it cannot be read: it is refitted)."""
+    path = ood_path(_check_run(run))
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError):
+        return None
 
 
 # ------------------------------------------------------------------------------ cancel, listing

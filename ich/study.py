@@ -491,6 +491,23 @@ def write_progress(study: str | os.PathLike, **fields) -> dict:
     return d
 
 
+def mark_cancelled(study: str | os.PathLike, reason: str = "cancelled by the user") -> None:
+    """Record a cancel everywhere a study keeps state: progress.json and every unfinished cell's status.json.
+
+    Called by ``jobs.cancel`` once the study's processes were signalled, so that the Results page, the
+    HTML report and every run selector say "cancelled", whatever the killed processes managed to write.
+    """
+    from ich import runs
+
+    study = Path(study)
+    p = read_progress(study)
+    if p.get("state") not in ("done", "failed", "cancelled") and (study / PROGRESS_FILE).is_file():
+        write_progress(study, state="cancelled", running=0, error=reason)
+    for d in sorted((study / "runs").glob("*")) if (study / "runs").is_dir() else []:
+        if runs.is_run(d) and runs.read_status(d).get("state") in ("queued", "running"):
+            runs.write_status(d, "cancelled", error=reason)
+
+
 def read_progress(study: str | os.PathLike) -> dict:
     p = Path(study) / PROGRESS_FILE
     try:

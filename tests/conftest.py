@@ -49,3 +49,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom_run(tmp_path_factory, tiny_dataset):
+    """A finished tiny weak run (2 epochs) trained on ``tiny_dataset``: for scoring, OOD and upload tests."""
+    from ich.config import make_config
+    from ich.train import fit
+
+    run = tmp_path_factory.mktemp("tiny_phantom_run") / "run"
+    fit(make_config(str(tiny_dataset), preset="tiny", overrides={"train.epochs": 2, "train.threads": 1}), run)
+    return run

@@ -106,7 +106,10 @@ def test_inspect_page_shows_strip_heatmap_and_truth(finished_run, monkeypatch):
     at = run_page(REPO / "pages" / "5_Inspect.py")
     assert not at.exception, at.exception
     assert at.selectbox(key="inspect_run").value.endswith("weak-tiny")
-    assert len(at.metric) >= 2 and at.metric[0].label == "Exam score"
+    labels = [m.label for m in at.metric]
+    assert "Slice probability" in labels and "Sensitivity on test" in labels
+    ood_shown = any("Out of distribution" in w.value for w in at.warning)
+    assert ("Exam score" in labels) != ood_shown      # a flagged exam's score is greyed, not a metric
     at.selectbox(key="inspect_method").set_value("saliency").run()
     assert not at.exception
     at.selectbox(key="inspect_method").set_value("ig").run()
@@ -165,3 +168,37 @@ def test_data_page_refuses_a_name_that_leaves_the_data_folder(app_data, tmp_path
     assert any("must be 1-64 letters" in e.value and "'x'" in e.value for e in at.error)
     assert not db.exists() or jobs.list_jobs(db) == []
     assert not (app_data.parent / "x").exists() and not (app_data / "x").exists()
+
+
+def _upload(root, name, n):
+    from _series import ct_small_series, zip_folder
+    from ich.uploads import import_upload
+
+    return str(import_upload(zip_folder(ct_small_series(root.parent / f"src-{name}", n=n)), name, root / "uploads",
+                             size=64))
+
+
+def test_inspect_uploads_in_a_row_one_slice_and_a_body_ct_flagged(finished_run, monkeypatch):
+    monkeypatch.setenv("ICH_DATA", str(finished_run))
+    monkeypatch.chdir(REPO)
+    body = _upload(finished_run, "body", 24)
+    one = _upload(finished_run, "one", 1)
+    at = run_page(REPO / "pages" / "5_Inspect.py", inspect_source=body)
+    assert not at.exception, at.exception
+    warnings = " ".join(w.value for w in at.warning)
+    assert "does not look like a head" in warnings and "Out of distribution: do not trust this score" in warnings
+    assert any("not reliable: out of distribution" in m.value for m in at.markdown)
+    assert any("No ground truth for this series" in c.value and "says nothing about whether there is a lesion"
+               in c.value for c in at.caption)
+    assert "Exam score" not in [m.label for m in at.metric]
+    at.slider[0].set_value(20).run()                               # a slice beyond what the next series has
+    at.selectbox(key="inspect_source").set_value(one).run()        # the second upload, same session
+    assert not at.exception, at.exception
+    assert len(at.slider) == 0 and any("one slice" in c.value for c in at.caption)
+    assert any("only 1 slice" in w.value.lower() for w in at.warning)
+    at.selectbox(key="inspect_source").set_value(body).run()       # and back
+    assert not at.exception, at.exception
+    at.button(key="inspect_remove").click().run()                  # remove it: back to the run's own exams
+    assert not at.exception, at.exception
+    assert at.selectbox(key="inspect_source").value == "own"
+    assert not (finished_run / "uploads" / "body").exists()

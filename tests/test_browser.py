@@ -168,3 +168,74 @@ def test_launch_a_study_and_inspect_it(app_url, page):
     wait_idle(page)
     assert page.locator("[data-testid='stImage'] img").count() >= 3
     shot(page, shots, "inspect")
+
+
+def slider_value(page) -> int:
+    return int(page.locator("[data-testid='stSliderThumbValue']").first.inner_text())
+
+
+def test_own_series_uploads_ood_and_strip_click(app_url, page, tiny_phantom_run, tmp_path):
+    """Two uploads in a row in one tab (a body CT zip, then one loose .dcm), an OOD flag, a strip click."""
+    from _series import ct_small_series, zip_folder
+
+    app_url, root = app_url
+    shots = root.parent / "screenshots"
+    shutil.copytree(tiny_phantom_run, root / "runs" / "weak-tiny")
+    body_zip = tmp_path / "body.zip"
+    body_zip.write_bytes(zip_folder(ct_small_series(tmp_path / "body", n=24)))
+    one = ct_small_series(tmp_path / "one", n=1) / "slice000.dcm"
+
+    timings = {}
+    t0 = time.time()
+    page.goto(f"{app_url}/Inspect")
+    page.get_by_text("Exam (highest score first)").wait_for()
+    page.locator(".js-plotly-plot").first.wait_for(state="attached")
+    wait_idle(page)
+    timings["inspect first load"] = time.time() - t0
+
+    def upload(files, expect: str) -> None:
+        button = page.get_by_role("button", name="Import and score")
+        if not button.is_visible():
+            page.get_by_text("Score your own series").click()
+        button.wait_for(state="visible")
+        page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(files)
+        button.click()
+        page.get_by_text(expect).first.wait_for(timeout=120_000)    # only this upload shows it
+        wait_idle(page)
+
+    t0 = time.time()
+    upload(str(body_zip), "does not look like a head")
+    page.get_by_text("Out of distribution: do not trust this score").wait_for()
+    timings["upload 24-slice zip to OOD verdict"] = time.time() - t0
+    page.get_by_text("not reliable: out of distribution").wait_for()
+    page.get_by_text("No ground truth for this series").wait_for()
+    shot(page, shots, "inspect-upload-body-ct")
+
+    t0 = time.time()
+    upload(str(one), "This series has one slice.")      # the second upload in the same tab, a one-slice series
+    timings["second upload (one slice)"] = time.time() - t0
+    page.get_by_text("only 1 slice").first.wait_for()
+    assert page.get_by_text("KeyError").count() == 0 and page.get_by_text("IndexError").count() == 0
+    assert len(list((root / "uploads").glob("upload-*/dataset"))) == 2
+    assert list((root / "uploads").glob("*/files")) == []          # raw DICOM deleted after import
+    shot(page, shots, "inspect-upload-one-slice")
+
+    page.get_by_label("Exams").click()                           # back to the body CT: a strip with 24 slices
+    page.get_by_role("option", name="24 slices").first.click()
+    wait_idle(page)
+    before = slider_value(page)
+    target = 3 if before != 3 else 5
+    t0 = time.time()
+    dot = page.locator(".js-plotly-plot").first.locator(".scatterlayer .trace").nth(3).locator(".point").nth(target)
+    dot.scroll_into_view_if_needed()
+    box = dot.bounding_box()                             # plotly's drag layer sits above the points: click there
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    deadline = time.time() + 30
+    while slider_value(page) != target:
+        assert time.time() < deadline, f"clicking slice {target} in the strip left the slider at {slider_value(page)}"
+        page.wait_for_timeout(300)
+    wait_idle(page)
+    timings["strip click to new slice"] = time.time() - t0
+    page.get_by_text(f"slice {target} · HU under the cursor").wait_for()
+    shot(page, shots, "inspect-strip-click")
+    print("page latencies (s):", {k: round(v, 1) for k, v in timings.items()})

@@ -462,3 +462,21 @@ def test_a_run_without_validation_predictions_reports_no_operating_point(tmp_pat
     assert "not available" in th["reason"] and math.isnan(th["exam"]["closest"])
     m = evaluate_run(tmp_path / "run", pixel=False, write=False)
     assert math.isnan(m["exam"]["operating_points"]["closest"]["sensitivity"])   # no fallback to the test ROC
+
+
+def test_operating_point_is_fixed_on_validation_and_reported_on_test(tiny_phantom_run):
+    from ich import runs
+    from ich.evaluate import load_predictions, validation_operating_point
+    from ich.metrics import operating_point
+
+    op = validation_operating_point(tiny_phantom_run, device="cpu")
+    val, _, _ = load_predictions(tiny_phantom_run, split="val")
+    y = val["exam_label"].astype(float).to_numpy()
+    assert op["threshold"] == operating_point(y, val["exam_score"].to_numpy(float), rule="youden")["threshold"]
+    test, _, _ = runs.read_predictions(tiny_phantom_run)[0], None, None
+    t = op["test"]
+    assert t["n"] == len(test) and t["tp"] + t["fn"] + t["tn"] + t["fp"] == t["n"]
+    positives = test["exam_score"].to_numpy(float) >= op["threshold"]
+    assert t["tp"] + t["fp"] == int(positives.sum())
+    fixed = validation_operating_point(tiny_phantom_run, threshold=2.0, device="cpu")   # nothing is positive
+    assert fixed["test"]["tp"] == 0 and fixed["test"]["fp"] == 0

@@ -43,7 +43,25 @@ def test_roc_and_strip():
     assert "AUC 0.800" in fig.data[1].name
     slices = pd.DataFrame({"exam_id": "E1", "index": np.arange(5), "slice_score": np.linspace(0, 1, 5),
                            "attention": [0, 0, 0.5, 0.5, 0], "slice_label": [0, 0, 1, 1, 0]})
-    strip = slice_strip_figure(slices)
-    assert np.asarray(strip.data[0].z).shape == (3, 5)
+    strip = slice_strip_figure(slices, current=2)
+    lesion, negative, unknown, scores, dots = strip.data
+    assert [t.name for t in (lesion, negative, unknown)] == ["truth: lesion", "truth: no lesion", "truth: not known"]
+    assert list(lesion.x) == [2, 3] and list(negative.x) == [0, 1, 4] and list(unknown.x) == [None]
+    assert lesion.marker.color != negative.marker.color
+    assert np.asarray(scores.z).shape == (2, 5)
+    assert scores.colorscale[0][1] == "#f7fbff"          # zero is white, never an alarm colour
+    assert list(dots.x) == list(range(5)) and dots.marker.color[2] != dots.marker.color[0]   # what a click selects
+    none = slice_strip_figure(slices.assign(slice_label=np.nan))
+    assert list(none.data[2].x) == list(range(5)) and list(none.data[0].x) == [None]
     with pytest.raises(ValueError, match="no slices"):
         slice_strip_figure(slices, "E9")
+
+
+def test_hu_slice_figure_shows_hu_on_hover_and_marks_sides():
+    from ich.figures import hu_slice_figure
+
+    hu = np.arange(12, dtype=np.float32).reshape(3, 4) * 10
+    fig = hu_slice_figure(hu, 40, 80)
+    assert np.asarray(fig.data[0].z).shape == (3, 4) and "HU" in fig.data[0].hovertemplate
+    assert (fig.data[0].zmin, fig.data[0].zmax) == (0, 80)
+    assert [a.text for a in fig.layout.annotations] == ["<b>R</b>", "<b>L</b>"]

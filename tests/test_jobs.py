@@ -215,3 +215,39 @@ def test_concurrent_submits_on_a_new_database_lose_no_job(tmp_path):
         errors = [p.communicate(timeout=120)[1] for p in procs]
         assert [p.returncode for p in procs] == [0] * 36, [e for e in errors if e][:1]
         assert len(jobs.list_jobs(db)) == 36
+
+
+def test_cancel_is_written_into_the_study_and_its_unfinished_runs(tmp_path, tiny_phantom_run):
+    import shutil
+
+    from ich import runs
+    from ich.study import read_progress, write_progress
+
+    study = tmp_path / "study"
+    shutil.copytree(tiny_phantom_run, study / "runs" / "weak-b4-s0")
+    shutil.copytree(tiny_phantom_run, study / "runs" / "weak-b8-s0")
+    runs.write_status(study / "runs" / "weak-b4-s0", "running")
+    write_progress(study, state="running", done=1, total=2, running=1)
+    db = tmp_path / "jobs.sqlite"
+    job = jobs.submit(db, ["synth", "--out", str(tmp_path / "big"), "--exams", "400", "--size", "128"],
+                      kind="study", out_dir=study, workdir=REPO)
+    assert jobs.cancel(db, job.id).state == "cancelled"
+    assert read_progress(study)["state"] == "cancelled" and read_progress(study)["running"] == 0
+    assert runs.read_status(study / "runs" / "weak-b4-s0")["state"] == "cancelled"
+    assert runs.read_status(study / "runs" / "weak-b8-s0")["state"] == "done"          # finished cells stay done
+    assert jobs.progress_of(study)["detail"] == "1/2 cells · cancelled"
+
+
+def test_cancel_is_written_into_a_running_run(tmp_path, tiny_phantom_run):
+    import shutil
+
+    from ich import runs
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_phantom_run, run)
+    runs.write_status(run, "running")
+    db = tmp_path / "jobs.sqlite"
+    job = jobs.submit(db, ["synth", "--out", str(tmp_path / "big"), "--exams", "400", "--size", "128"],
+                      kind="train", out_dir=run, workdir=REPO)
+    jobs.cancel(db, job.id)
+    assert runs.read_status(run)["state"] == "cancelled"

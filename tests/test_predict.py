@@ -83,4 +83,38 @@ def test_cli_predict_one_dicom_series(finished, tiny_dicom_phantom, tmp_path, ca
     assert len(table) == len(hu) and table.exam_score.nunique() == 1
     score, _ = predict.predict_volume(run, hu, device="cpu")
     assert table.exam_score.iloc[0] == pytest.approx(score, abs=1e-6)
-    assert '"exam_score"' in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "series 1 (" in text and "exam score" in text
+    assert "OUT OF DISTRIBUTION" in text          # a run trained on blobs has never seen a head phantom
+
+
+def test_cli_predict_json_flags_a_body_ct_and_refuses_a_broken_series(tiny_phantom_run, tiny_dicom_phantom,
+                                                                     tmp_path, capsys):
+    import json
+    import shutil
+
+    from _series import ct_small_series
+    from ich.cli import main
+
+    folder = tmp_path / "mixed"
+    ct_small_series(folder / "body", n=24)
+    broken = ct_small_series(tmp_path / "broken", n=12)
+    (broken / "slice005.dcm").unlink()
+    capsys.readouterr()
+    assert main(["predict", str(tiny_phantom_run), "--dicom", str(folder), "--json", "--device", "cpu"]) == 0
+    (body,) = json.loads(capsys.readouterr().out)["exams"]
+    assert body["ood"] is True and "far from the images" in body["ood_reason"]
+    assert 0 <= body["exam_score"] <= 1 and body["n_slices"] == 24 and body["refusals"] == []
+    assert any("does not look like a head" in w for w in body["warnings"])
+
+    assert main(["predict", str(tiny_phantom_run), "--dicom", str(broken), "--json", "--device", "cpu"]) == 2
+    out = capsys.readouterr()
+    (refused,) = json.loads(out.out)["exams"]
+    assert refused["exam_score"] is None and "slices are missing" in refused["refusals"][0]
+    assert "no series could be scored" in out.err
+
+    head = tmp_path / "head"
+    shutil.copytree(tiny_dicom_phantom / "exams" / "PH000002", head)
+    assert main(["predict", str(tiny_phantom_run), "--dicom", str(head), "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "series 1 (" in text and "exam score" in text and "typicality distance" in text
