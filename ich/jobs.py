@@ -8,6 +8,10 @@ process disappeared without reporting (killed from outside) is marked failed, wi
 reason, the next time anyone looks. Nothing here needs a daemon.
 
 States: queued -> running -> done | failed | cancelled.
+
+A job may wait for another (``submit(..., after=ID)``, kept in the small ``job_after`` table):
+it stays queued until that job is done, waits on while it is failed (``resume`` hands the wait
+over to the resumed job), and is cancelled with it.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished REAL
 )
 """
+AFTER_SCHEMA = "CREATE TABLE IF NOT EXISTS job_after (job_id INTEGER PRIMARY KEY, after_id INTEGER NOT NULL)"
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,7 @@ def _connect(db: str | os.PathLike) -> sqlite3.Connection:
     con = sqlite3.connect(str(db), timeout=30, isolation_level=None)
     con.execute("PRAGMA journal_mode=WAL")
     con.execute(SCHEMA)
+    con.execute(AFTER_SCHEMA)
     return con
 
 
@@ -95,7 +101,7 @@ def default_slots() -> int:
 
 def submit(db: str | os.PathLike, argv: list[str], *, kind: str, out_dir: str | os.PathLike,
            title: str | None = None, workdir: str | os.PathLike | None = None,
-           slots: int | None = None, start: bool = True) -> Job:
+           slots: int | None = None, start: bool = True, after: int | None = None) -> Job:
     """Queue ``python -m ich <argv>`` and start it if a slot is free.
 
     Args:
@@ -105,10 +111,14 @@ def submit(db: str | os.PathLike, argv: list[str], *, kind: str, out_dir: str | 
         out_dir: the folder the command writes (a run or study folder).
         slots: concurrent jobs allowed (default: ``default_slots()``).
         start: start queued jobs now (tests may pass False).
+        after: the id of a job this one waits for (it starts once that job is done).
 
     Raises:
         ValueError: if ``argv`` is empty or not a list of strings.
+        KeyError: if ``after`` names no job.
     """
+    if after is not None:
+        get(db, after)
     if not argv or not all(isinstance(a, str) for a in argv):
         raise ValueError(f"argv must be a non-empty list of strings (arguments after `python -m ich`), not {argv!r}")
     workdir = str(Path(workdir or os.getcwd()).resolve())
@@ -124,6 +134,8 @@ def submit(db: str | os.PathLike, argv: list[str], *, kind: str, out_dir: str | 
         )
         job_id = cur.lastrowid
         con.execute("UPDATE jobs SET log_path=? WHERE id=?", (str(logs / f"job-{job_id}.log"), job_id))
+        if after is not None:
+            con.execute("INSERT INTO job_after (job_id, after_id) VALUES (?,?)", (job_id, int(after)))
     if start:
         start_queued(db, slots=slots)
     return get(db, job_id)
@@ -137,6 +149,13 @@ def get(db: str | os.PathLike, job_id: int) -> Job:
     if row is None:
         raise KeyError(f"no job {job_id} in {db}; list jobs with `python -m ich jobs list`")
     return _row_to_job(row)
+
+
+def waits_for(db: str | os.PathLike, job_id: int) -> int | None:
+    """The id of the job ``job_id`` waits for (``submit(..., after=...)``), or None."""
+    with closing(_connect(db)) as con:
+        row = con.execute("SELECT after_id FROM job_after WHERE job_id = ?", (int(job_id),)).fetchone()
+    return None if row is None else int(row[0])
 
 
 def list_jobs(db: str | os.PathLike) -> list[Job]:
@@ -187,8 +206,8 @@ def start_queued(db: str | os.PathLike, *, slots: int | None = None) -> list[int
         con.execute("BEGIN IMMEDIATE")
         try:
             running = con.execute("SELECT COUNT(*) FROM jobs WHERE state='running'").fetchone()[0]
-            queued = con.execute("SELECT id FROM jobs WHERE state='queued' ORDER BY id").fetchall()
-            for (job_id,) in queued[: max(0, slots - running)]:
+            queued = _ready(con)
+            for job_id in queued[: max(0, slots - running)]:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "ich.jobs", str(Path(db).resolve()), str(job_id)],
                     cwd=con.execute("SELECT workdir FROM jobs WHERE id=?", (job_id,)).fetchone()[0],
@@ -203,6 +222,20 @@ def start_queued(db: str | os.PathLike, *, slots: int | None = None) -> list[int
             con.execute("ROLLBACK")
             raise
     return started
+
+
+def _ready(con: sqlite3.Connection) -> list[int]:
+    """Queued jobs free to start, oldest first; those waiting for a cancelled job are cancelled with it."""
+    rows = con.execute("SELECT j.id, a.after_id, d.state FROM jobs j LEFT JOIN job_after a ON a.job_id = j.id "
+                       "LEFT JOIN jobs d ON d.id = a.after_id WHERE j.state='queued' ORDER BY j.id").fetchall()
+    ready = []
+    for job_id, after_id, dep_state in rows:
+        if after_id is None or dep_state == "done":
+            ready.append(job_id)
+        elif dep_state == "cancelled" or dep_state is None:
+            con.execute("UPDATE jobs SET state='cancelled', finished=?, error=? WHERE id=?",
+                        (time.time(), f"cancelled: it waited for job {after_id}, which was cancelled", job_id))
+    return ready
 
 
 def cancel(db: str | os.PathLike, job_id: int) -> Job:
@@ -228,7 +261,12 @@ def resume(db: str | os.PathLike, job_id: int, *, resume_flag: str = "--resume")
     if job.state not in ("failed", "cancelled"):
         raise ValueError(f"job {job_id} is {job.state}; only failed or cancelled jobs can be resumed")
     argv = job.argv if resume_flag in job.argv else [*job.argv, resume_flag]
-    return submit(db, argv, kind=job.kind, out_dir=job.out_dir, title=job.title, workdir=job.workdir)
+    new = submit(db, argv, kind=job.kind, out_dir=job.out_dir, title=job.title, workdir=job.workdir, start=False,
+                 after=waits_for(db, job_id))
+    with closing(_connect(db)) as con:   # jobs that waited for the old job now wait for the new one
+        con.execute("UPDATE job_after SET after_id=? WHERE after_id=?", (new.id, job_id))
+    start_queued(db)
+    return get(db, new.id)
 
 
 def tail_log(job: Job, lines: int = 20) -> str:
