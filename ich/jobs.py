@@ -255,14 +255,17 @@ def cancel(db: str | os.PathLike, job_id: int) -> Job:
     return get(db, job_id)
 
 
-def resume(db: str | os.PathLike, job_id: int, *, resume_flag: str = "--resume") -> Job:
-    """Queue a finished-but-unsuccessful job again, with ``--resume`` so it continues from its checkpoint."""
+def resume(db: str | os.PathLike, job_id: int, *, resume_flag: str = "--resume", after: int | None = None) -> Job:
+    """Queue a finished-but-unsuccessful job again, with ``--resume`` so it continues from its checkpoint.
+
+    The new job waits for ``after`` when given, else for the job the old one waited for.
+    """
     job = get(db, job_id)
     if job.state not in ("failed", "cancelled"):
         raise ValueError(f"job {job_id} is {job.state}; only failed or cancelled jobs can be resumed")
     argv = job.argv if resume_flag in job.argv else [*job.argv, resume_flag]
     new = submit(db, argv, kind=job.kind, out_dir=job.out_dir, title=job.title, workdir=job.workdir, start=False,
-                 after=waits_for(db, job_id))
+                 after=after if after is not None else waits_for(db, job_id))
     with closing(_connect(db)) as con:   # jobs that waited for the old job now wait for the new one
         con.execute("UPDATE job_after SET after_id=? WHERE after_id=?", (new.id, job_id))
     start_queued(db)
