@@ -197,3 +197,29 @@ def pending_job(rows: list[dict]) -> int | None:
 def dataset_path(cfg: FirstRunConfig | None = None, root: str | os.PathLike | None = None) -> Path:
     """Where the chain puts the default dataset."""
     return chain_steps(cfg, root)[1].out
+
+
+def study_after(dataset: str | os.PathLike, db: str | os.PathLike | None = None, cfg: FirstRunConfig | None = None,
+                root: str | os.PathLike | None = None) -> int | None:
+    """The chain job a study on ``dataset`` must wait for (None: not the chain's dataset, or nothing pending)."""
+    if Path(dataset).resolve() != dataset_path(cfg, root):
+        return None
+    return pending_job(chain_status(db, cfg, root))
+
+
+def queue_quick_study(out: str | os.PathLike, db: str | os.PathLike | None = None,
+                      cfg: FirstRunConfig | None = None, root: str | os.PathLike | None = None) -> jobs.Job:
+    """Queue the quick study on the default dataset now; it starts once the chain's encoder is ready."""
+    dataset = dataset_path(cfg, root)
+    return jobs.submit(db or paths.jobs_db(), ["study", "--preset", "quick", "--dataset", str(dataset), "--out",
+                                                str(out)], kind="study", out_dir=out,
+                       title=f"quick study on {dataset.name}", after=study_after(dataset, db, cfg, root))
+
+
+def describe_eta(seconds: float | None) -> str:
+    """Plain words for a remaining time: 'about 40 s', 'about 3 min', or '' when unknown."""
+    if seconds is None:
+        return ""
+    if seconds < 90:
+        return f"about {max(5, int(round(seconds / 5.0)) * 5)} s"
+    return f"about {int(round(seconds / 60.0))} min"

@@ -142,3 +142,31 @@ def test_results_page_shows_curves_plan_and_delong(finished_study, monkeypatch):
     assert at.success or at.warning                  # a plan, or why there is none
     at.radio(key="results_metric").set_value("sequence_f1").run()
     assert not at.exception
+
+
+def test_home_shows_the_first_run_chain_and_queues_the_quick_study_behind_it(tmp_path, monkeypatch):
+    from ich import firstrun, jobs
+
+    root = tmp_path / "data"
+    monkeypatch.setenv("ICH_DATA", str(root))
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(jobs, "start_queued", lambda *a, **k: [])    # the chain stays queued: nothing runs
+    actions = firstrun.start_chain()
+    at = run_page(REPO / "app.py")
+    assert not at.exception, at.exception
+    assert any("Setting up the default phantom" in h.value for h in at.subheader)
+    assert len(at.get("progress")) == 3
+    queue = next(b for b in at.button if b.label == "Queue the quick study")
+    at = queue.click().run()
+    assert not at.exception, at.exception
+    study = next(j for j in jobs.list_jobs(root / "jobs.sqlite") if j.kind == "study")
+    assert jobs.waits_for(root / "jobs.sqlite", study.id) == actions[-1]["job_id"]
+    assert "starts when the encoder is ready" in at.success[0].value
+
+
+def test_home_offers_to_build_the_phantom_when_nothing_is_there(tmp_path, monkeypatch):
+    monkeypatch.setenv("ICH_DATA", str(tmp_path / "empty"))
+    monkeypatch.chdir(REPO)
+    at = run_page(REPO / "app.py")
+    assert not at.exception
+    assert any(b.label == "Build the default phantom" for b in at.button)
