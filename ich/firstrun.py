@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ich import jobs, paths
 
+REPO = Path(__file__).resolve().parents[1]   # where `python -m ich` runs the chain's commands
 STEPS = ("synth", "import", "pretrain")
 #: Seconds each step took on the 2-core development machine (BENCHMARKS.md, "first_run"); they only
 #: set the ETA of steps that have not started, scaled by how fast the finished steps ran here.
@@ -103,7 +104,7 @@ def start_chain(db: str | os.PathLike | None = None, cfg: FirstRunConfig | None 
     steps = chain_steps(cfg, root)
     needed = _needed(steps)
     all_jobs = jobs.list_jobs(db)
-    workdir = str(Path(workdir or Path(__file__).resolve().parents[1]))
+    workdir = str(Path(workdir or REPO))
     actions, prev = [], None
     for step in steps:
         if not needed[step.name]:
@@ -208,11 +209,15 @@ def study_after(dataset: str | os.PathLike, db: str | os.PathLike | None = None,
 
 
 def queue_quick_study(out: str | os.PathLike, db: str | os.PathLike | None = None,
-                      cfg: FirstRunConfig | None = None, root: str | os.PathLike | None = None) -> jobs.Job:
-    """Queue the quick study on the default dataset now; it starts once the chain's encoder is ready."""
+                      cfg: FirstRunConfig | None = None, root: str | os.PathLike | None = None,
+                      extra: tuple[str, ...] = ()) -> jobs.Job:
+    """Queue the quick study on the default dataset now; it starts once the chain's encoder is ready.
+
+    ``extra``: more ``ich study`` options (the bench's quick mode shrinks the grid with them).
+    """
     dataset = dataset_path(cfg, root)
     return jobs.submit(db or paths.jobs_db(), ["study", "--preset", "quick", "--dataset", str(dataset), "--out",
-                                                str(out)], kind="study", out_dir=out,
+                                                str(out), *extra], kind="study", out_dir=out, workdir=REPO,
                        title=f"quick study on {dataset.name}", after=study_after(dataset, db, cfg, root))
 
 
