@@ -18,7 +18,7 @@ st.markdown(
 )
 
 # ---- First run (ich.firstrun): the default phantom and its encoder, built in the background ----------
-STEP_WORDS = {"done": "done", "running": "running", "queued": "waiting for the step before",
+STEP_WORDS = {"done": "done", "running": "running", "queued": "next",
               "failed": "stopped", "cancelled": "cancelled", "missing": "not started"}
 
 
@@ -34,14 +34,15 @@ def first_run_panel(no_dataset: bool) -> None:
                    + (f"; {left} left." if left else "."))
         for r in rows:
             eta = firstrun.describe_eta(r["eta_s"]) if r["state"] in ("queued", "running") else ""
-            st.progress(float(r["progress"] or 0.0),
-                        text=f"{r['title']}: {STEP_WORDS[r['state']]}" + (f" ({eta} left)" if eta else ""))
-        if no_dataset and st.button("Queue the quick study", type="primary",
-                                    help="It starts by itself as soon as the encoder is ready."):
+            when = (f" ({eta} left)" if r["state"] == "running" else f" (takes {eta})") if eta else ""
+            st.progress(float(r["progress"] or 0.0), text=f"{r['title']}: {STEP_WORDS[r['state']]}{when}")
+        if no_dataset and "home_first_run_study" not in st.session_state and st.button(
+                "Queue the quick study", type="primary", help="It starts by itself as soon as the encoder is ready."):
             job = firstrun.queue_quick_study(paths.studies_dir() / f"quick-{time.strftime('%Y%m%d-%H%M%S')}")
-            st.session_state["runs_last_job"] = job.id
-            st.success(f"Queued (job {job.id}): the quick study starts when the encoder is ready. "
-                       "Follow it on the **Runs** page.")
+            st.session_state["runs_last_job"] = st.session_state["home_first_run_study"] = job.id
+        if "home_first_run_study" in st.session_state:
+            st.success(f"The quick study is queued (job {st.session_state['home_first_run_study']}); it starts by "
+                       "itself when the encoder is ready. Follow it on the **Runs** page.")
     elif states & {"failed", "cancelled"} or (no_dataset and "missing" in states):
         stopped = next((r for r in rows if r["state"] in ("failed", "cancelled")), None)
         if stopped:
@@ -59,8 +60,8 @@ def first_run_panel(no_dataset: bool) -> None:
 datasets = list_datasets(paths.datasets_dir())
 first_run_panel(no_dataset=datasets.empty)
 if datasets.empty:
-    st.info(f"No dataset yet in `{paths.datasets_dir()}`. Create the default phantom with `make run`, "
-            "or generate or import one on the **Data** page.")
+    st.info(f"No dataset yet in `{paths.datasets_dir()}`. The default phantom appears here once `make run` "
+            "has built it, or generate or import one on the **Data** page.")
     st.stop()
 
 if "dataset_path" not in st.session_state or st.session_state["dataset_path"] not in set(datasets["path"]):

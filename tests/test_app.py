@@ -161,7 +161,10 @@ def test_home_shows_the_first_run_chain_and_queues_the_quick_study_behind_it(tmp
     assert not at.exception, at.exception
     study = next(j for j in jobs.list_jobs(root / "jobs.sqlite") if j.kind == "study")
     assert jobs.waits_for(root / "jobs.sqlite", study.id) == actions[-1]["job_id"]
-    assert "starts when the encoder is ready" in at.success[0].value
+    assert "starts by itself when the encoder is ready" in at.success[0].value
+    at = at.run()
+    assert not any(b.label == "Queue the quick study" for b in at.button)     # queued once
+    assert "queued (job" in at.success[0].value
 
 
 def test_home_offers_to_build_the_phantom_when_nothing_is_there(tmp_path, monkeypatch):
