@@ -16,6 +16,7 @@ over to the resumed job), and is cancelled with it.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -90,7 +91,13 @@ def _row_to_job(row: tuple) -> Job:
 
 
 def default_slots() -> int:
-    """Concurrent jobs allowed: one per CUDA GPU, else one on CPU."""
+    """Concurrent jobs allowed: one per CUDA GPU, else one on CPU.
+
+    Without a GPU device node (``/dev/nvidia*``, ``/dev/kfd``) the answer is 1 without importing
+    torch, which takes seconds on a busy machine (``make run`` queues jobs before serving the app).
+    """
+    if "torch" not in sys.modules and not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd")):
+        return 1
     try:
         import torch
 
