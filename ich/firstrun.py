@@ -28,9 +28,12 @@ from ich import jobs, paths
 
 REPO = Path(__file__).resolve().parents[1]   # where `python -m ich` runs the chain's commands
 STEPS = ("synth", "import", "pretrain")
-#: Seconds each step took on the 2-core development machine (BENCHMARKS.md, "first_run"); they only
-#: set the ETA of steps that have not started, scaled by how fast the finished steps ran here.
-TYPICAL_S = {"synth": 25.0, "import": 15.0, "pretrain": 150.0}
+#: Seconds each step takes on a quiet 2-core machine; they only set the ETA of steps that have not
+#: started, scaled by how fast this chain's finished steps ran against them. synth: issue 14's 40 s
+#: at 256 px / the 2.46x measured for 128 px (BENCHMARKS.md, first run); import: its 20 s at 256 px
+#: halved (a quarter of the pixels, no resize; 4.5x measured under uneven load); pretrain: the
+#: 200-300 s `make run` measured for the default 30 epochs.
+TYPICAL_S = {"synth": 16.0, "import": 10.0, "pretrain": 200.0}
 TITLES = {"synth": "Generating the default phantom (synthetic head-CT DICOM)",
           "import": "Importing it into the lab",
           "pretrain": "Pretraining its slice encoder (no labels used)"}
