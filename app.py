@@ -26,7 +26,15 @@ STEP_WORDS = {"done": "done", "running": "running", "queued": "next",
 def first_run_panel(no_dataset: bool) -> None:
     rows = firstrun.chain_status()
     states = {r["state"] for r in rows}
-    if states & {"queued", "running"}:
+    stopped = next((r for r in rows if r["state"] == "failed" or (no_dataset and r["state"] == "cancelled")), None)
+    if stopped or (no_dataset and states == {"missing"}):
+        if stopped:
+            st.warning(f"Setting up the default phantom stopped at: {stopped['title'].lower()}. "
+                       + (stopped["error"] or "") + " Resuming keeps what is already built.")
+        if st.button("Resume setting it up" if stopped else "Build the default phantom"):
+            firstrun.start_chain()
+            st.rerun()
+    elif states & {"queued", "running"}:
         st.session_state["home_first_run_active"] = True
         st.subheader("Setting up the default phantom")
         left = firstrun.describe_eta(firstrun.remaining_s(rows))
@@ -43,14 +51,6 @@ def first_run_panel(no_dataset: bool) -> None:
         if "home_first_run_study" in st.session_state:
             st.success(f"The quick study is queued (job {st.session_state['home_first_run_study']}); it starts by "
                        "itself when the encoder is ready. Follow it on the **Runs** page.")
-    elif states & {"failed", "cancelled"} or (no_dataset and "missing" in states):
-        stopped = next((r for r in rows if r["state"] in ("failed", "cancelled")), None)
-        if stopped:
-            st.warning(f"Setting up the default phantom stopped at: {stopped['title'].lower()}. "
-                       + (stopped["error"] or "") + " Resuming keeps what is already built.")
-        if st.button("Resume setting it up" if stopped else "Build the default phantom"):
-            firstrun.start_chain()
-            st.rerun()
     elif st.session_state.pop("home_first_run_active", False):
         st.rerun()     # the chain just finished: show the dataset below
 

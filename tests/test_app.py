@@ -173,3 +173,21 @@ def test_home_offers_to_build_the_phantom_when_nothing_is_there(tmp_path, monkey
     at = run_page(REPO / "app.py")
     assert not at.exception
     assert any(b.label == "Build the default phantom" for b in at.button)
+
+
+def test_home_offers_to_resume_a_stopped_chain(tmp_path, monkeypatch):
+    from ich import firstrun, jobs
+
+    root = tmp_path / "data"
+    monkeypatch.setenv("ICH_DATA", str(root))
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(jobs, "start_queued", lambda *a, **k: [])
+    synth = firstrun.start_chain()[0]["job_id"]
+    jobs.cancel(root / "jobs.sqlite", synth)          # the import and pretraining wait on it
+    at = run_page(REPO / "app.py")
+    assert not at.exception, at.exception
+    assert "stopped at: generating the default phantom" in at.warning[0].value
+    at = next(b for b in at.button if b.label == "Resume setting it up").click().run()
+    assert not at.exception, at.exception
+    states = {j.kind: j.state for j in reversed(jobs.list_jobs(root / "jobs.sqlite"))}   # the newest job of each
+    assert states == {"synth": "queued", "import": "queued", "pretrain": "queued"}
