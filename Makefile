@@ -4,8 +4,6 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-PHANTOM_DICOM := data/dicom/phantom
-PHANTOM := data/datasets/phantom
 PORT ?= 8501
 
 .PHONY: run test install install-dev phantom chromium bench screenshots clean-venv
@@ -23,18 +21,15 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-# The default dataset: a synthetic head-CT phantom written as DICOM, then imported.
-$(PHANTOM)/dataset.json: | $(VENV)/.installed
-	@test -d $(PHANTOM_DICOM)/exams || $(PY) -m ich synth --out $(PHANTOM_DICOM) --exams 300 --seed 0
-	$(PY) -m ich import phantom $(PHANTOM_DICOM) --out $(PHANTOM) --size 128
+# The default dataset (a synthetic head-CT phantom written as DICOM at 128 px, then imported) and its
+# label-free pretrained encoder: one chain of background jobs (ich/firstrun.py). `make run` queues
+# what is missing and serves the app at once; Home shows the chain's progress. Repeating it is safe:
+# finished steps are skipped and interrupted ones resume. `make phantom` waits for the chain.
+phantom: $(VENV)/.installed
+	$(PY) -m ich firstrun --wait
 
-# Its label-free pretrained encoder (every study cell starts from it; a few CPU-minutes, once).
-data/encoders/phantom-compact.pt: | $(PHANTOM)/dataset.json
-	$(PY) -m ich pretrain --dataset $(PHANTOM) --out $@
-
-phantom: $(PHANTOM)/dataset.json data/encoders/phantom-compact.pt
-
-run: $(VENV)/.installed phantom
+run: $(VENV)/.installed
+	$(PY) -m ich firstrun
 	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)
 
 # Debian's chromium for the real-browser test (browser downloads are impossible here).

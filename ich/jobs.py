@@ -12,12 +12,17 @@ process of its group lives; once all are gone without reporting (killed from out
 failed with the reason the next time anyone looks (done, if its run folder says the run finished).
 
 States: queued -> running -> done | failed | cancelled.
+
+A job may wait for another (``submit(..., after=ID)``, kept in the small ``job_after`` table):
+it stays queued until that job is done, waits on while it is failed (``resume`` hands the wait
+over to the resumed job), and is cancelled with it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import fcntl
+import glob
 import json
 import logging
 import os
@@ -53,6 +58,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished REAL
 )
 """
+AFTER_SCHEMA = "CREATE TABLE IF NOT EXISTS job_after (job_id INTEGER PRIMARY KEY, after_id INTEGER NOT NULL)"
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,7 @@ def _connect(db: str | os.PathLike) -> sqlite3.Connection:
         fcntl.flock(lock, fcntl.LOCK_EX)
         con.execute("PRAGMA journal_mode=WAL")
         con.execute(SCHEMA)
+        con.execute(AFTER_SCHEMA)
     return con
 
 
@@ -94,7 +101,13 @@ def _row_to_job(row: tuple) -> Job:
 
 
 def default_slots() -> int:
-    """Concurrent jobs allowed: one per CUDA GPU, else one on CPU."""
+    """Concurrent jobs allowed: one per CUDA GPU, else one on CPU.
+
+    Without a GPU device node (``/dev/nvidia*``, ``/dev/kfd``) the answer is 1 without importing
+    torch, which takes seconds on a busy machine (``make run`` queues jobs before serving the app).
+    """
+    if "torch" not in sys.modules and not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd")):
+        return 1
     try:
         import torch
 
@@ -105,7 +118,7 @@ def default_slots() -> int:
 
 def submit(db: str | os.PathLike, argv: list[str], *, kind: str, out_dir: str | os.PathLike,
            title: str | None = None, workdir: str | os.PathLike | None = None,
-           slots: int | None = None, start: bool = True) -> Job:
+           slots: int | None = None, start: bool = True, after: int | None = None) -> Job:
     """Queue ``python -m ich <argv>`` and start it if a slot is free.
 
     Args:
@@ -115,10 +128,14 @@ def submit(db: str | os.PathLike, argv: list[str], *, kind: str, out_dir: str | 
         out_dir: the folder the command writes (a run or study folder).
         slots: concurrent jobs allowed (default: ``default_slots()``).
         start: start queued jobs now (tests may pass False).
+        after: the id of a job this one waits for (it starts once that job is done).
 
     Raises:
         ValueError: if ``argv`` is empty or not a list of strings.
+        KeyError: if ``after`` names no job.
     """
+    if after is not None:
+        get(db, after)
     if not argv or not all(isinstance(a, str) for a in argv):
         raise ValueError(f"argv must be a non-empty list of strings (arguments after `python -m ich`), not {argv!r}")
     workdir = str(Path(workdir or os.getcwd()).resolve())
@@ -134,6 +151,8 @@ def submit(db: str | os.PathLike, argv: list[str], *, kind: str, out_dir: str | 
         )
         job_id = cur.lastrowid
         con.execute("UPDATE jobs SET log_path=? WHERE id=?", (str(logs / f"job-{job_id}.log"), job_id))
+        if after is not None:
+            con.execute("INSERT INTO job_after (job_id, after_id) VALUES (?,?)", (job_id, int(after)))
     if start:
         start_queued(db, slots=slots)
     return get(db, job_id)
@@ -147,6 +166,13 @@ def get(db: str | os.PathLike, job_id: int) -> Job:
     if row is None:
         raise KeyError(f"no job {job_id} in {db}; list jobs with `python -m ich jobs list`")
     return _row_to_job(row)
+
+
+def waits_for(db: str | os.PathLike, job_id: int) -> int | None:
+    """The id of the job ``job_id`` waits for (``submit(..., after=...)``), or None."""
+    with closing(_connect(db)) as con:
+        row = con.execute("SELECT after_id FROM job_after WHERE job_id = ?", (int(job_id),)).fetchone()
+    return None if row is None else int(row[0])
 
 
 def list_jobs(db: str | os.PathLike) -> list[Job]:
@@ -233,8 +259,8 @@ def start_queued(db: str | os.PathLike, *, slots: int | None = None) -> list[int
         con.execute("BEGIN IMMEDIATE")
         try:
             running = con.execute("SELECT COUNT(*) FROM jobs WHERE state='running'").fetchone()[0]
-            queued = con.execute("SELECT id FROM jobs WHERE state='queued' ORDER BY id").fetchall()
-            for (job_id,) in queued[: max(0, slots - running)]:
+            queued = _ready(con)
+            for job_id in queued[: max(0, slots - running)]:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "ich.jobs", str(Path(db).resolve()), str(job_id)],
                     cwd=con.execute("SELECT workdir FROM jobs WHERE id=?", (job_id,)).fetchone()[0],
@@ -249,6 +275,20 @@ def start_queued(db: str | os.PathLike, *, slots: int | None = None) -> list[int
             con.execute("ROLLBACK")
             raise
     return started
+
+
+def _ready(con: sqlite3.Connection) -> list[int]:
+    """Queued jobs free to start, oldest first; those waiting for a cancelled job are cancelled with it."""
+    rows = con.execute("SELECT j.id, a.after_id, d.state FROM jobs j LEFT JOIN job_after a ON a.job_id = j.id "
+                       "LEFT JOIN jobs d ON d.id = a.after_id WHERE j.state='queued' ORDER BY j.id").fetchall()
+    ready = []
+    for job_id, after_id, dep_state in rows:
+        if after_id is None or dep_state == "done":
+            ready.append(job_id)
+        elif dep_state == "cancelled" or dep_state is None:
+            con.execute("UPDATE jobs SET state='cancelled', finished=?, error=? WHERE id=?",
+                        (time.time(), f"cancelled: it waited for job {after_id}, which was cancelled", job_id))
+    return ready
 
 
 def cancel(db: str | os.PathLike, job_id: int) -> Job:
@@ -289,13 +329,21 @@ def mark_cancelled(out_dir: str | os.PathLike) -> None:
         log.warning("could not mark %s cancelled: %s", out, err)
 
 
-def resume(db: str | os.PathLike, job_id: int, *, resume_flag: str = "--resume") -> Job:
-    """Queue a finished-but-unsuccessful job again, with ``--resume`` so it continues from its checkpoint."""
+def resume(db: str | os.PathLike, job_id: int, *, resume_flag: str = "--resume", after: int | None = None) -> Job:
+    """Queue a finished-but-unsuccessful job again, with ``--resume`` so it continues from its checkpoint.
+
+    The new job waits for ``after`` when given, else for the job the old one waited for.
+    """
     job = get(db, job_id)
     if job.state not in ("failed", "cancelled"):
         raise ValueError(f"job {job_id} is {job.state}; only failed or cancelled jobs can be resumed")
     argv = job.argv if resume_flag in job.argv else [*job.argv, resume_flag]
-    return submit(db, argv, kind=job.kind, out_dir=job.out_dir, title=job.title, workdir=job.workdir)
+    new = submit(db, argv, kind=job.kind, out_dir=job.out_dir, title=job.title, workdir=job.workdir, start=False,
+                 after=after if after is not None else waits_for(db, job_id))
+    with closing(_connect(db)) as con:   # jobs that waited for the old job now wait for the new one
+        con.execute("UPDATE job_after SET after_id=? WHERE after_id=?", (new.id, job_id))
+    start_queued(db)
+    return get(db, new.id)
 
 
 def tail_log(job: Job, lines: int = 20) -> str:

@@ -15,6 +15,8 @@ import phantom``). Layout of an output folder (a contract with the ``phantom`` i
 Exams are rendered in parallel (one process per core); exam i is drawn from
 ``phantom.exam_seed(seed, i)``, so the files are the same whatever the number of workers.
 The tree is built under a temporary name next to ``out`` and renamed into place at the end.
+With ``resume=True`` that name is ``.<out>.partial`` and each finished exam leaves a record in its
+``done/`` folder, so a run that was killed continues where it stopped instead of rendering again.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def _check_out(out: Path) -> None:
 def write_synth_dataset(out: str | os.PathLike, n_exams: int, *, seed: int = 0, size: int = 256,
                         difficulty: str | PhantomConfig = "default", slices: tuple[int, int] | None = None,
                         workers: int | None = None, on_progress: Callable[[int, int], None] | None = None,
-                        compression: str = "rle", **overrides) -> dict:
+                        compression: str = "rle", resume: bool = False, **overrides) -> dict:
     """Generate ``n_exams`` phantom exams as a DICOM/NIfTI/CSV tree (layout in the module docstring).
 
     Args:
@@ -113,6 +115,8 @@ def write_synth_dataset(out: str | os.PathLike, n_exams: int, *, seed: int = 0, 
         on_progress: called as ``on_progress(done, total)`` after each exam.
         compression: pixel encoding of the DICOM files: ``"rle"`` (RLE Lossless, the default: about
             half the disk of ``"none"``, uncompressed Explicit VR Little Endian).
+        resume: build in ``.<out>.partial`` and keep it when interrupted; a later call with the
+            same arguments renders only the exams it lacks.
         overrides: other ``PhantomConfig`` fields.
 
     Returns:
@@ -120,7 +124,7 @@ def write_synth_dataset(out: str | os.PathLike, n_exams: int, *, seed: int = 0, 
 
     Raises:
         FileExistsError: ``out`` exists and is not empty.
-        ValueError: a bad count, seed, size or config field.
+        ValueError: a bad count, seed, size or config field, or a partial folder written with others.
     """
     out = check_out_folder(out)
     if compression not in ("rle", "none"):
@@ -137,41 +141,92 @@ def write_synth_dataset(out: str | os.PathLike, n_exams: int, *, seed: int = 0, 
     workers = max(1, min(int(workers or os.cpu_count() or 1), n_exams))
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{int(time.time() * 1000)}"
     start = time.perf_counter()
+    if resume:
+        tmp = out.parent / f".{out.name}.partial"
+        results = _resume_partial(tmp, {"exams": n_exams, "seed": seed, "compression": compression,
+                                        "config": cfg.to_dict()})
+    else:
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{int(time.time() * 1000)}"
+        results = {}
+    todo = [i for i in range(n_exams) if i not in results]
+
+    def finished(i: int, res: dict) -> None:
+        results[i] = res
+        if resume:
+            _write_done(tmp, res)
+        if on_progress:
+            on_progress(len(results), n_exams)
+
     try:
         for sub in (EXAM_DIR, MASK_DIR, PARAMS_DIR):
-            (tmp / sub).mkdir(parents=True)
-        results: dict[int, dict] = {}
-        if workers == 1:
-            for i in range(n_exams):
-                results[i] = synth_exam(tmp, i, seed, cfg, compression)
-                if on_progress:
-                    on_progress(len(results), n_exams)
+            (tmp / sub).mkdir(parents=True, exist_ok=resume)
+        if results and on_progress:
+            on_progress(len(results), n_exams)
+        if workers == 1 or len(todo) <= 1:
+            for i in todo:
+                finished(i, synth_exam(tmp, i, seed, cfg, compression))
         else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as pool:
-                futures = {pool.submit(synth_exam, str(tmp), i, seed, cfg, compression): i for i in range(n_exams)}
+            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=_mp_context()) as pool:
+                futures = {pool.submit(synth_exam, str(tmp), i, seed, cfg, compression): i for i in todo}
                 try:
                     for fut in as_completed(futures):
-                        results[futures[fut]] = fut.result()
-                        if on_progress:
-                            on_progress(len(results), n_exams)
+                        finished(futures[fut], fut.result())
                 except BaseException:
                     for fut in futures:
                         fut.cancel()
                     raise
         summary = _write_tables(tmp, results, seed=seed, size=cfg.size, cfg=cfg, difficulty=difficulty)
+        shutil.rmtree(tmp / DONE_DIR, ignore_errors=True)
         _check_out(out)
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not resume:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     summary["seconds"] = round(time.perf_counter() - start, 2)
     log.info("wrote %d exams (%d positive), %d slices (%d positive) to %s in %.1f s", summary["exams"],
              summary["positive_exams"], summary["slices"], summary["positive_slices"], out, summary["seconds"])
     return summary
+
+
+DONE_DIR = "done"   # in a resumable partial folder: one record per finished exam, and the run's arguments
+
+
+def _resume_partial(tmp: Path, args: dict) -> dict[int, dict]:
+    """The finished exams of a partial folder written with the same ``args`` ({} for a new folder)."""
+    spec = tmp / DONE_DIR / "args.json"
+    if not spec.is_file():
+        shutil.rmtree(tmp, ignore_errors=True)      # nothing recorded yet: start clean
+        (tmp / DONE_DIR).mkdir(parents=True)
+        spec.write_text(json.dumps(args, sort_keys=True))
+        return {}
+    old = json.loads(spec.read_text())
+    if old != json.loads(json.dumps(args, sort_keys=True)):
+        diff = sorted(k for k in args if old.get(k) != json.loads(json.dumps(args[k])))
+        raise ValueError(f"{tmp} holds a partial synth run with other arguments ({', '.join(diff)} differ); "
+                         "rerun with the same arguments to resume it, or delete that folder to start again")
+    results = {}
+    for rec in (tmp / DONE_DIR).glob("PH*.json"):
+        d = json.loads(rec.read_text())
+        results[int(d["index"])] = {"exam_id": d["exam_id"], "sops": d["sops"], "lesions": d["lesions"],
+                                    "slice_subtypes": np.asarray(d["slice_subtypes"], dtype=np.uint8)}
+    if results:
+        log.info("resuming synth in %s: %d exams already written", tmp, len(results))
+    return results
+
+
+def _write_done(tmp: Path, res: dict) -> None:
+    """Record one finished exam (atomically: a record exists only for an exam whose files are all written)."""
+    index = int(res["exam_id"][2:])
+    rec = {"index": index, "exam_id": res["exam_id"], "sops": list(res["sops"]), "lesions": int(res["lesions"]),
+           "slice_subtypes": np.asarray(res["slice_subtypes"]).tolist()}
+    path = tmp / DONE_DIR / f"{res['exam_id']}.json"
+    part = path.with_name(path.name + ".tmp")
+    part.write_text(json.dumps(rec))
+    os.replace(part, path)
 
 
 def _write_tables(tmp: Path, results: dict[int, dict], *, seed: int, size: int, cfg: PhantomConfig,

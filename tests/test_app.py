@@ -202,3 +202,52 @@ def test_inspect_uploads_in_a_row_one_slice_and_a_body_ct_flagged(finished_run, 
     assert not at.exception, at.exception
     assert at.selectbox(key="inspect_source").value == "own"
     assert not (finished_run / "uploads" / "body").exists()
+
+
+def test_home_shows_the_first_run_chain_and_queues_the_quick_study_behind_it(tmp_path, monkeypatch):
+    from ich import firstrun, jobs
+
+    root = tmp_path / "data"
+    monkeypatch.setenv("ICH_DATA", str(root))
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(jobs, "start_queued", lambda *a, **k: [])    # the chain stays queued: nothing runs
+    actions = firstrun.start_chain()
+    at = run_page(REPO / "app.py")
+    assert not at.exception, at.exception
+    assert any("Setting up the default phantom" in h.value for h in at.subheader)
+    assert len(at.get("progress")) == 3
+    queue = next(b for b in at.button if b.label == "Queue the quick study")
+    at = queue.click().run()
+    assert not at.exception, at.exception
+    study = next(j for j in jobs.list_jobs(root / "jobs.sqlite") if j.kind == "study")
+    assert jobs.waits_for(root / "jobs.sqlite", study.id) == actions[-1]["job_id"]
+    assert "starts by itself when the encoder is ready" in at.success[0].value
+    at = at.run()
+    assert not any(b.label == "Queue the quick study" for b in at.button)     # queued once
+    assert "queued (job" in at.success[0].value
+
+
+def test_home_offers_to_build_the_phantom_when_nothing_is_there(tmp_path, monkeypatch):
+    monkeypatch.setenv("ICH_DATA", str(tmp_path / "empty"))
+    monkeypatch.chdir(REPO)
+    at = run_page(REPO / "app.py")
+    assert not at.exception
+    assert any(b.label == "Build the default phantom" for b in at.button)
+
+
+def test_home_offers_to_resume_a_stopped_chain(tmp_path, monkeypatch):
+    from ich import firstrun, jobs
+
+    root = tmp_path / "data"
+    monkeypatch.setenv("ICH_DATA", str(root))
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(jobs, "start_queued", lambda *a, **k: [])
+    synth = firstrun.start_chain()[0]["job_id"]
+    jobs.cancel(root / "jobs.sqlite", synth)          # the import and pretraining wait on it
+    at = run_page(REPO / "app.py")
+    assert not at.exception, at.exception
+    assert "stopped at: generating the default phantom" in at.warning[0].value
+    at = next(b for b in at.button if b.label == "Resume setting it up").click().run()
+    assert not at.exception, at.exception
+    states = {j.kind: j.state for j in reversed(jobs.list_jobs(root / "jobs.sqlite"))}   # the newest job of each
+    assert states == {"synth": "queued", "import": "queued", "pretrain": "queued"}

@@ -251,3 +251,37 @@ def test_cancel_is_written_into_a_running_run(tmp_path, tiny_phantom_run):
                       kind="train", out_dir=run, workdir=REPO)
     jobs.cancel(db, job.id)
     assert runs.read_status(run)["state"] == "cancelled"
+
+
+def test_a_job_waits_for_the_one_it_comes_after(tmp_path):
+    db = tmp_path / "jobs.sqlite"
+    a = jobs.submit(db, ["--help"], kind="help", out_dir=tmp_path / "a", workdir=REPO, start=False)
+    b = jobs.submit(db, ["--help"], kind="help", out_dir=tmp_path / "b", workdir=REPO, start=False, after=a.id)
+    assert jobs.waits_for(db, b.id) == a.id and jobs.waits_for(db, a.id) is None
+    assert jobs.start_queued(db, slots=2) == [a.id]      # b waits although a slot is free
+    wait_final(db, a.id)
+    assert wait_final(db, b.id).state == "done"          # a's worker started b when a was done
+
+
+def test_a_waiting_job_follows_its_failed_job_into_resume_and_dies_with_a_cancel(tmp_path):
+    db = tmp_path / "jobs.sqlite"
+    a = jobs.submit(db, ["no-such-verb"], kind="bad", out_dir=tmp_path / "a", workdir=REPO, start=False)
+    b = jobs.submit(db, ["--help"], kind="help", out_dir=tmp_path / "b", workdir=REPO, start=False, after=a.id)
+    jobs.start_queued(db, slots=2)
+    assert wait_final(db, a.id).state == "failed"
+    assert jobs.start_queued(db, slots=2) == [] and jobs.get(db, b.id).state == "queued"   # waits on
+    a2 = jobs.resume(db, a.id)
+    assert jobs.waits_for(db, b.id) == a2.id
+    wait_final(db, a2.id)
+    assert jobs.get(db, b.id).state == "queued"
+    jobs.cancel(db, b.id)
+    c = jobs.submit(db, ["--help"], kind="help", out_dir=tmp_path / "c", workdir=REPO, start=False)
+    d = jobs.submit(db, ["--help"], kind="help", out_dir=tmp_path / "d", workdir=REPO, start=False, after=c.id)
+    jobs.cancel(db, c.id)
+    d = jobs.get(db, d.id)
+    assert d.state == "cancelled" and f"waited for job {c.id}" in d.error
+
+
+def test_after_an_unknown_job_is_refused(tmp_path):
+    with pytest.raises(KeyError, match="no job 7"):
+        jobs.submit(tmp_path / "jobs.sqlite", ["--help"], kind="help", out_dir=tmp_path / "a", after=7)

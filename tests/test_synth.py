@@ -152,6 +152,36 @@ def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_resume_renders_only_the_missing_exams(tmp_path, monkeypatch):
+    kwargs = dict(seed=5, size=32, difficulty="easy", slices=(2, 3), p_positive=1.0, workers=1)
+    synth.write_synth_dataset(tmp_path / "whole", 3, **kwargs)
+    real, calls = synth.synth_exam, []
+
+    def dies_at_2(out, index, seed, cfg, compression):
+        calls.append(index)
+        if index == 2 and calls.count(2) == 1:
+            raise KeyboardInterrupt   # killed half-way
+        return real(out, index, seed, cfg, compression)
+
+    monkeypatch.setattr(synth, "synth_exam", dies_at_2)
+    with pytest.raises(KeyboardInterrupt):
+        synth.write_synth_dataset(tmp_path / "out", 3, resume=True, **kwargs)
+    assert (tmp_path / ".out.partial" / "done" / "PH000001.json").is_file() and not (tmp_path / "out").exists()
+    synth.write_synth_dataset(tmp_path / "out", 3, resume=True, **kwargs)
+    assert calls == [0, 1, 2, 2]          # exams 0 and 1 were not rendered twice
+    assert not (tmp_path / ".out.partial").exists() and not (tmp_path / "out" / "done").exists()
+    for name in ("labels.csv", "synth.json"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+
+
+def test_resume_refuses_a_partial_run_of_other_arguments(tmp_path, monkeypatch):
+    monkeypatch.setattr(synth, "synth_exam", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        synth.write_synth_dataset(tmp_path / "out", 2, seed=1, size=32, slices=(2, 2), workers=1, resume=True)
+    with pytest.raises(ValueError, match="other arguments .*seed"):
+        synth.write_synth_dataset(tmp_path / "out", 2, seed=2, size=32, slices=(2, 2), workers=1, resume=True)
+
+
 def test_bad_exam_count():
     with pytest.raises(ValueError, match="--exams must be a positive integer, not 0"):
         synth.write_synth_dataset("unused", 0)

@@ -171,27 +171,32 @@ def bench_growth(ctx: BenchContext) -> dict:
 # ------------------------------------------------------------------------------ folded-in figures
 def bench_synth(ctx: BenchContext) -> dict:
     """Writing the default phantom (DICOM RLE + masks + labels) with one process per core, extrapolated to
-    300 exams from a sample."""
+    300 exams from a sample: at 128 px (the default, the size the learners use) and, back to back, at 256 px."""
     from ich.synth import write_synth_dataset
 
-    n, size = (4, 32) if ctx.quick else (16, 256)
+    n, size, big = (4, 32, 64) if ctx.quick else (16, 128, 256)
     workers = ctx.workers
     write_synth_dataset(ctx.scratch("synth-warm") / "x", 2, seed=0, size=size, workers=1)   # warm-up imports
-    times = []
+    times: dict[int, list[float]] = {size: [], big: []}
     for r in range(max(1, ctx.repeats - 1)):
-        ctx.say(f"{n} exams, repeat {r + 1}")
-        out = ctx.scratch(f"synth-{r}") / "phantom"
-        t0 = time.perf_counter()
-        write_synth_dataset(out, n, seed=r, size=size, workers=workers)
-        times.append(time.perf_counter() - t0)
-        shutil.rmtree(out.parent, ignore_errors=True)
-    per_exam = np.array(times) / n
+        for px in (size, big):
+            ctx.say(f"{n} exams at {px} px, repeat {r + 1}")
+            out = ctx.scratch(f"synth-{r}-{px}") / "phantom"
+            t0 = time.perf_counter()
+            write_synth_dataset(out, n, seed=r, size=px, workers=workers)
+            times[px].append(time.perf_counter() - t0)
+            shutil.rmtree(out.parent, ignore_errors=True)
+    per_exam = np.array(times[size]) / n
     figs = {"per_exam": figure(per_exam, "s/exam", note=f"{n} default phantom exams at {size}px, {workers} workers"),
             "default_300": figure(per_exam * 300, "s", extrapolated=True,
-                                  note="300 exams at 256px = 300 x seconds per exam")}
+                                  note=f"300 exams at {size}px = 300 x seconds per exam"),
+            "default_300_at_256": figure(np.array(times[big]) / n * 300, "s", extrapolated=True,
+                                         note=f"the same at {big}px (the default before 2026-12-01)"),
+            "speedup_vs_256": figure(np.array(times[big]) / np.array(times[size]), "x",
+                                     note=f"{big}px time / {size}px time, per repeat (back to back)")}
     goals = [goal(figs, "default_300", "<=", 90.0, text="about a minute on 2 cores (≤ 90 s)")]
     result = {"title": "Synth: the default phantom", "figures": figs, "goals": goals,
-              "params": {"sample_exams": n, "size": size, "workers": workers}}
+              "params": {"sample_exams": n, "size": size, "compared_size": big, "workers": workers}}
     if ctx.profile and unmet(goals):
         from ich.phantom import phantom_config
         from ich.synth import EXAM_DIR, MASK_DIR, PARAMS_DIR, synth_exam

@@ -15,6 +15,7 @@ from typing import Callable
 from ich.bench.compute import bench_inference, bench_peer_race, bench_roofline
 from ich.bench.core import FORMAT, BenchContext, package_version
 from ich.bench.data import bench_growth, bench_ingestion, bench_synth
+from ich.bench.firstrun import bench_first_run
 from ich.bench.learning import bench_embed, bench_pretrain, bench_study
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ BENCHMARKS: dict[str, Callable[[BenchContext], dict]] = {
     "synth": bench_synth,
     "pretrain": bench_pretrain,
     "embed": bench_embed,
+    "first_run": bench_first_run,
 }
 
 

@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compression", default="rle", choices=("rle", "none"),
                         help="DICOM pixel encoding: rle (RLE Lossless, half the disk; default) or none")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU core)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep an interrupted run's finished exams (in .OUT.partial) and render only the rest")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
         summary = write_synth_dataset(args.out, args.exams, seed=args.seed, size=args.size,
                                       difficulty=args.difficulty, slices=args.slices, workers=args.workers,
-                                      compression=args.compression,
+                                      compression=args.compression, resume=args.resume,
                                       on_progress=on_progress)
     log.info("positive exams %d/%d (%.0f%%), positive slices %d/%d (%.1f%%); next: python -m ich import phantom %s",
              summary["positive_exams"], summary["exams"], 100 * summary["positive_exams"] / summary["exams"],
