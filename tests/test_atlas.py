@@ -130,4 +130,6 @@ def test_config_errors():
     with pytest.raises(ValueError, match="--anatomy must be one of"):
         synth.write_synth_dataset("unused", 1, anatomy="mri")
     assert atlas.AtlasConfig.from_dict(atlas.AtlasConfig().to_dict()) == atlas.AtlasConfig()
-    assert sorted(atlas.ATLAS_PRESETS) == ["default", "easy", "hard"]
+    from ich.commands.synth import DIFFICULTIES
+
+    assert sorted(atlas.ATLAS_PRESETS) == sorted(DIFFICULTIES)
