@@ -4,13 +4,17 @@ The tree is read back through the same importer users run on real data (``python
 import phantom``). Layout of an output folder (a contract with the ``phantom`` importer)::
 
     synth.json                   {"generator": "ich.phantom", "version", "seed", "exams", "size",
-                                  "difficulty", "config": {...}}
+                                  "difficulty", "anatomy", "config": {...}}
     labels.csv                   RSNA layout: columns ID,Label; ID = "<SOPInstanceUID>_<subtype>" for
                                  the 5 subtypes and "any", one 6-row block per slice
     exams/<exam_id>/<SOPInstanceUID>.dcm    one CT series per exam, PatientID "PHANTOM-<exam_id>",
                                             slice 0 = lowest z
     masks/<exam_id>.nii.gz       uint8 subtype codes, array axes (W, H, S) = np.transpose(mask, (2, 1, 0))
-    params/<exam_id>.json        the PhantomParams of that exam
+    params/<exam_id>.json        the PhantomParams (geometric) or AtlasParams (atlas) of that exam
+
+Two anatomies write the same layout: ``geometric`` (``ich.phantom``: ellipses, sulci and ventricles
+drawn from formulas) and ``atlas`` (``ich.atlas``: the MNI152 tissue maps of the installed nilearn
+package turned into CT, bleeds placed by anatomy). The importer reads both unchanged.
 
 Exams are rendered in parallel (one process per core); exam i is drawn from
 ``phantom.exam_seed(seed, i)``, so the files are the same whatever the number of workers.
@@ -38,6 +42,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ich import atlas
 from ich.dicom import write_series
 from ich.labels import SUBTYPES
 from ich.paths import check_out_folder
@@ -50,15 +55,19 @@ log.addHandler(logging.NullHandler())
 SYNTH_FILE, LABELS_FILE = "synth.json", "labels.csv"
 EXAM_DIR, MASK_DIR, PARAMS_DIR = "exams", "masks", "params"
 LABEL_NAMES: tuple[str, ...] = (*SUBTYPES, "any")   # the six RSNA label columns, in RSNA order
+ANATOMIES = ("geometric", "atlas")                   # ich.phantom, ich.atlas
 
 
-def config_key(cfg: PhantomConfig) -> str:
+def config_key(cfg: PhantomConfig | atlas.AtlasConfig) -> str:
     """A short hash of a config: it enters the DICOM UIDs, so different datasets never share UIDs."""
     return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def synth_exam(out: str | os.PathLike, index: int, seed: int, cfg: PhantomConfig, compression: str = "rle") -> dict:
+def synth_exam(out: str | os.PathLike, index: int, seed: int, cfg: PhantomConfig | atlas.AtlasConfig,
+               compression: str = "rle") -> dict:
     """Render exam ``index`` and write its DICOM series, NIfTI mask and params file under ``out``.
+
+    ``cfg`` picks the anatomy: a ``PhantomConfig`` renders ``ich.phantom``, an ``AtlasConfig`` ``ich.atlas``.
 
     Returns:
         {"exam_id", "sops": [SOPInstanceUID per slice], "slice_subtypes": (S, 5) uint8,
@@ -66,8 +75,12 @@ def synth_exam(out: str | os.PathLike, index: int, seed: int, cfg: PhantomConfig
     """
     out = Path(out)
     exam_id = exam_id_for(index)
-    params = sample_phantom_params(exam_seed(seed, index), cfg)
-    hu, mask = render_phantom(params)                                    # (S, H, W) float32, uint8
+    if isinstance(cfg, atlas.AtlasConfig):
+        params = atlas.sample_atlas_params(exam_seed(seed, index), cfg)
+        hu, mask = atlas.render_atlas(params)                             # (S, H, W) float32, uint8
+    else:
+        params = sample_phantom_params(exam_seed(seed, index), cfg)
+        hu, mask = render_phantom(params)                                 # (S, H, W) float32, uint8
     hu = np.clip(np.rint(hu), -1024, 3071)                                # whole HU, as a scanner stores them
     spacing = (params.slice_thickness_mm, params.pixel_spacing_mm, params.pixel_spacing_mm)
     sops = write_series(hu, out / EXAM_DIR / exam_id, patient_id=f"PHANTOM-{exam_id}",
@@ -98,8 +111,9 @@ def _check_out(out: Path) -> None:
                               "choose a new folder (synth never overwrites files)")
 
 
-def write_synth_dataset(out: str | os.PathLike, n_exams: int, *, seed: int = 0, size: int = 256,
-                        difficulty: str | PhantomConfig = "default", slices: tuple[int, int] | None = None,
+def write_synth_dataset(out: str | os.PathLike, n_exams: int, *, seed: int = 0, size: int | None = None,
+                        difficulty: str | PhantomConfig | atlas.AtlasConfig = "default",
+                        slices: tuple[int, int] | None = None, anatomy: str = "geometric",
                         workers: int | None = None, on_progress: Callable[[int, int], None] | None = None,
                         compression: str = "rle", resume: bool = False, **overrides) -> dict:
     """Generate ``n_exams`` phantom exams as a DICOM/NIfTI/CSV tree (layout in the module docstring).
@@ -108,9 +122,13 @@ def write_synth_dataset(out: str | os.PathLike, n_exams: int, *, seed: int = 0, 
         out: folder to create; it must not exist, or be empty.
         n_exams: number of exams (ids PH000000, PH000001, ...).
         seed: dataset seed; the same seed and config give the same bytes.
-        size: in-plane pixels (field of view 240 mm, so 256 gives 0.94 mm pixels).
-        difficulty: a preset of ``phantom.PHANTOM_PRESETS`` (easy, default, hard) or a ``PhantomConfig``.
-        slices: (low, high) slices per exam; default is the config's (24, 40).
+        size: in-plane pixels (field of view 240 mm, so 256 gives 0.94 mm pixels); default: the
+            anatomy's config (geometric 256, atlas 512).
+        difficulty: a preset (easy, default, hard) of ``phantom.PHANTOM_PRESETS`` or ``atlas.ATLAS_PRESETS``,
+            or a ``PhantomConfig`` / ``AtlasConfig`` (which then decides the anatomy).
+        slices: (low, high) slices per exam; default is the config's (geometric 24-40; atlas: skull
+            base to vertex, about 30).
+        anatomy: ``"geometric"`` (``ich.phantom``) or ``"atlas"`` (``ich.atlas``, needs nilearn).
         workers: processes (default: one per CPU core; 1 renders in this process).
         on_progress: called as ``on_progress(done, total)`` after each exam.
         compression: pixel encoding of the DICOM files: ``"rle"`` (RLE Lossless, the default: about
@@ -133,18 +151,27 @@ def write_synth_dataset(out: str | os.PathLike, n_exams: int, *, seed: int = 0, 
         raise ValueError(f"--exams must be a positive integer, not {n_exams!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, not {seed!r}")
+    if isinstance(difficulty, atlas.AtlasConfig):
+        anatomy = "atlas"
+    if anatomy not in ANATOMIES:
+        raise ValueError(f"--anatomy must be one of {list(ANATOMIES)}, not {anatomy!r}")
     if slices is not None:
         overrides["n_slices"] = tuple(slices)
-    cfg = phantom_config(difficulty, size=size, **overrides)
+    if size is not None:
+        overrides["size"] = size
+    make = atlas.atlas_config if anatomy == "atlas" else phantom_config
+    cfg = make(difficulty, **overrides)
     _check_out(out)
     n_exams, seed = int(n_exams), int(seed)
     workers = max(1, min(int(workers or os.cpu_count() or 1), n_exams))
 
+    if anatomy == "atlas":
+        atlas.atlas_maps()   # derived once here; forked workers share it
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if resume:
         tmp = out.parent / f".{out.name}.partial"
-        results = _resume_partial(tmp, {"exams": n_exams, "seed": seed, "compression": compression,
+        results = _resume_partial(tmp, {"exams": n_exams, "seed": seed, "compression": compression, "anatomy": anatomy,
                                         "config": cfg.to_dict()})
     else:
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{int(time.time() * 1000)}"
@@ -176,7 +203,8 @@ def write_synth_dataset(out: str | os.PathLike, n_exams: int, *, seed: int = 0, 
                     for fut in futures:
                         fut.cancel()
                     raise
-        summary = _write_tables(tmp, results, seed=seed, size=cfg.size, cfg=cfg, difficulty=difficulty)
+        summary = _write_tables(tmp, results, seed=seed, size=cfg.size, cfg=cfg, difficulty=difficulty,
+                                anatomy=anatomy)
         shutil.rmtree(tmp / DONE_DIR, ignore_errors=True)
         _check_out(out)
         if out.exists():
@@ -229,8 +257,8 @@ def _write_done(tmp: Path, res: dict) -> None:
     os.replace(part, path)
 
 
-def _write_tables(tmp: Path, results: dict[int, dict], *, seed: int, size: int, cfg: PhantomConfig,
-                  difficulty) -> dict:
+def _write_tables(tmp: Path, results: dict[int, dict], *, seed: int, size: int,
+                  cfg: PhantomConfig | atlas.AtlasConfig, difficulty, anatomy: str) -> dict:
     """Write labels.csv (exam order, slice order, six rows per slice) and synth.json."""
     n_slices = n_pos_slices = n_pos_exams = 0
     with open(tmp / LABELS_FILE, "w", newline="") as f:
@@ -248,7 +276,7 @@ def _write_tables(tmp: Path, results: dict[int, dict], *, seed: int, size: int, 
             n_pos_exams += int(any_.max())
     meta = {"generator": "ich.phantom", "version": PARAMS_VERSION, "seed": seed, "exams": len(results),
             "size": size, "difficulty": difficulty if isinstance(difficulty, str) else "custom",
-            "config": cfg.to_dict()}
+            "anatomy": anatomy, "config": cfg.to_dict()}
     (tmp / SYNTH_FILE).write_text(json.dumps(meta, indent=2))
     return {**meta, "positive_exams": n_pos_exams, "slices": n_slices, "positive_slices": n_pos_slices}
 

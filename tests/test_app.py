@@ -68,6 +68,19 @@ def test_data_page_has_the_viewer_widgets(app_data):
     assert not at.exception
 
 
+def test_data_page_queues_an_atlas_phantom(app_data, monkeypatch):
+    from ich import jobs
+
+    queued = []
+    monkeypatch.setattr(jobs, "submit", lambda db, argv, **kw: queued.append(argv))   # nothing really starts
+    at = run_page(REPO / "pages" / "1_Data.py")
+    at.selectbox(key="data_anatomy").set_value("atlas")
+    next(b for b in at.button if b.label == "Generate").click().run()
+    assert not at.exception, at.exception
+    assert queued[0][0] == "synth" and queued[0][-2:] == ["--anatomy", "atlas"]
+    assert queued[1][:2] == ["import", "phantom"]
+
+
 def test_launching_a_run_creates_a_job(app_data):
     from ich import jobs
 

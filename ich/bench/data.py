@@ -194,9 +194,26 @@ def bench_synth(ctx: BenchContext) -> dict:
                                          note=f"the same at {big}px (the default before 2026-12-01)"),
             "speedup_vs_256": figure(np.array(times[big]) / np.array(times[size]), "x",
                                      note=f"{big}px time / {size}px time, per repeat (back to back)")}
+    # the atlas phantom (ich.atlas) at its default 512 px: CPU-heavy (1 mm resampling of the MNI152 maps)
+    n_atlas, atlas_size = (2, 48) if ctx.quick else (4, 512)
+    write_synth_dataset(ctx.scratch("synth-atlas-warm") / "x", 1, seed=0, size=32, workers=1, anatomy="atlas")
+    out = ctx.scratch("synth-atlas") / "phantom"
+    ctx.say(f"{n_atlas} atlas exams at {atlas_size}px")
+    t0 = time.perf_counter()
+    write_synth_dataset(out, n_atlas, seed=0, size=atlas_size, workers=workers, anatomy="atlas")
+    atlas_per_exam = (time.perf_counter() - t0) / n_atlas
+    disk = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / n_atlas / 1e6
+    shutil.rmtree(out.parent, ignore_errors=True)
+    figs["atlas_per_exam"] = figure([atlas_per_exam], "s/exam",
+                                    note=f"{n_atlas} atlas exams at {atlas_size}px, {workers} workers")
+    figs["atlas_300"] = figure([atlas_per_exam * 300], "s", extrapolated=True,
+                               note=f"300 atlas exams at {atlas_size}px = 300 x seconds per exam")
+    figs["atlas_disk_300"] = figure([disk * 300], "MB", extrapolated=True,
+                                    note=f"disk of 300 atlas exams at {atlas_size}px (RLE DICOM + masks)")
     goals = [goal(figs, "default_300", "<=", 90.0, text="about a minute on 2 cores (≤ 90 s)")]
     result = {"title": "Synth: the default phantom", "figures": figs, "goals": goals,
-              "params": {"sample_exams": n, "size": size, "compared_size": big, "workers": workers}}
+              "params": {"sample_exams": n, "size": size, "compared_size": big, "workers": workers,
+                         "atlas_sample_exams": n_atlas, "atlas_size": atlas_size}}
     if ctx.profile and unmet(goals):
         from ich.phantom import phantom_config
         from ich.synth import EXAM_DIR, MASK_DIR, PARAMS_DIR, synth_exam
