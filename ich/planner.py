@@ -102,9 +102,36 @@ class Plan:
     extrapolated: bool = False # fit: the labels needed lie outside the study's budgets
     budget_low: float = float("nan")   # fit: 95% interval of the labels needed (bootstrap over seeds)
     budget_high: float = float("nan")
+    target: float = float("nan")       # the AUC asked for
+    criterion: str = "mean"            # the rule by which the plan "reaches" it (CRITERIA)
+    validation: str = ""               # paid | none | free (how the cells chose their model)
+    val_labels: float = 0.0            # labels used for model selection (paid: inside budget; free: on top)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def sentence(self) -> str:
+        """The plan in plain words: what to buy, what it reaches by which rule, the validation labels, the cost."""
+        what = {"weak": "exam labels", "strong": "slice labels"}.get(self.supervision, "labels")
+        t = self.target
+        ci = (f"95% CI {self.auc_ci_low:.3f}–{self.auc_ci_high:.3f}"
+              if _finite(self.auc_ci_low, self.auc_ci_high) else "95% CI not estimable with these seeds")
+        if self.source == "fit":
+            reach = f"the fitted learning curve reaches AUC {t:.2f}"
+        elif self.criterion == "ci_low":
+            reach = f"reaches AUC {t:.2f} by the cautious rule: the lower end of its {ci} is at least {t:.2f}"
+        elif _finite(self.auc_ci_low) and self.auc_ci_low >= t:
+            reach = f"reaches AUC {t:.2f}: mean {self.auc:.3f}, and its whole {ci} lies at or above the target"
+        else:
+            reach = (f"its mean AUC {self.auc:.3f} reaches {t:.2f}, its {ci} does not: the target is met on "
+                     "average, not with confidence")
+        val = {"paid": f"; {self.val_labels:,.0f} of these labels chose the model (validation, paid from the budget)",
+               "free": f"; plus {self.val_labels:,.0f} exam labels of a fully labelled validation split, counted "
+                       "in the cost",
+               "none": "; too few labels to set any aside: trained on all of them (label-free schedule)"}
+        extra = " (extrapolated beyond the study's budgets)" if self.extrapolated else ""
+        return (f"**{self.arm}** with **{self.budget:,.0f} {what}** — {reach}{val.get(self.validation, '')}; "
+                f"{self.hours:,.1f} annotator-hours ≈ {self.cost:,.0f} {self.currency}{extra}.")
 
     def describe(self) -> str:
         what = {"weak": "exam labels", "strong": "slice labels"}.get(self.supervision,
@@ -115,8 +142,29 @@ class Plan:
                 f"{self.cost:,.0f} {self.currency}{extra}")
 
 
+def _finite(*values) -> bool:
+    try:
+        return all(math.isfinite(float(v)) for v in values)
+    except (TypeError, ValueError):
+        return False
+
+
+def _free_val_labels(df: pd.DataFrame) -> list[float]:
+    """Validation labels a row pays on top of its budget: those of a free validation split (0 for paid/none,
+    which spend part of the budget or nothing; 0 for studies from before these columns existed)."""
+    if "validation" not in df.columns or "val_labels" not in df.columns:
+        return [0.0] * len(df)
+    out = []
+    for mode, n in zip(df["validation"].astype(str), df["val_labels"]):
+        out.append(float(n) if "free" in mode and _finite(n) else 0.0)
+    return out
+
+
 def plan_table(aggregate: pd.DataFrame, cost: CostModel) -> pd.DataFrame:
     """The aggregate table (one row per arm and budget) with ``exam_labels, slice_labels, hours, cost``.
+
+    Every label used for model selection is counted: paid validation labels are part of the budget,
+    a free validation split's exam labels are added (``val_labels`` of rows with ``validation="free"``).
 
     Args:
         aggregate: needs ``arm, supervision, slice_fraction, budget``.
@@ -128,9 +176,11 @@ def plan_table(aggregate: pd.DataFrame, cost: CostModel) -> pd.DataFrame:
     df = aggregate.copy()
     counts = [cost.label_counts(s, b, _frac(f)) for s, b, f in zip(df["supervision"], df["budget"],
                                                                     df["slice_fraction"])]
-    df["exam_labels"] = [c[0] for c in counts]
+    free = _free_val_labels(df)
+    df["exam_labels"] = [c[0] + v for c, v in zip(counts, free)]
     df["slice_labels"] = [c[1] for c in counts]
-    df["hours"] = [cost.hours(s, b, _frac(f)) for s, b, f in zip(df["supervision"], df["budget"], df["slice_fraction"])]
+    df["hours"] = [cost.hours(s, b, _frac(f)) + cost.hours("weak", v)
+                   for s, b, f, v in zip(df["supervision"], df["budget"], df["slice_fraction"], free)]
     df["cost"] = df["hours"] * cost.hourly_rate
     return df
 
@@ -168,11 +218,14 @@ def cheapest_plan(aggregate: pd.DataFrame, cost: CostModel, target_auc: float, *
     if ok.empty:
         return None
     best = ok.sort_values(["cost", metric], ascending=[True, False]).iloc[0]
+    val = best.get("val_labels", 0.0)
     return Plan(arm=str(best["arm"]), supervision=str(best["supervision"]), slice_fraction=_frac(best["slice_fraction"]),
                 budget=float(best["budget"]), auc=float(best[metric]),
                 auc_ci_low=float(best.get(f"{metric}_ci_low", math.nan)),
                 auc_ci_high=float(best.get(f"{metric}_ci_high", math.nan)), hours=float(best["hours"]),
-                cost=float(best["cost"]), currency=cost.currency, source="observed")
+                cost=float(best["cost"]), currency=cost.currency, source="observed", target=float(target_auc),
+                criterion=criterion, validation=str(best.get("validation", "") or ""),
+                val_labels=float(val) if _finite(val) else 0.0)
 
 
 def fitted_plans(fits: Mapping[str, Any], arms: Mapping[str, tuple[str, float | None]], cost: CostModel,
@@ -202,5 +255,58 @@ def fitted_plans(fits: Mapping[str, Any], arms: Mapping[str, tuple[str, float | 
         out.append(Plan(arm=arm, supervision=sup, slice_fraction=frac, budget=need["n"], auc=float(target_auc),
                         auc_ci_low=float("nan"), auc_ci_high=float("nan"), hours=cost.hours(sup, need["n"], frac),
                         cost=cost.cost(sup, need["n"], frac), currency=cost.currency, source="fit",
-                        extrapolated=need["extrapolated"], budget_low=need["low"], budget_high=need["high"]))
+                        extrapolated=need["extrapolated"], budget_low=need["low"], budget_high=need["high"],
+                        target=float(target_auc)))
     return sorted(out, key=lambda p: p.cost)
+
+
+def arm_outcomes(aggregate: pd.DataFrame, fits: Mapping[str, Any], cost: CostModel, target_auc: float, *,
+                 metric: str = "exam_auc") -> list[str]:
+    """One plain sentence per arm of a study about ``target_auc``: no arm is dropped silently.
+
+    Each says whether the arm's fitted curve reaches the target (and at how many labels), or that it
+    does not (or could not be fitted), and the arm's best observed point with its cost; an arm whose
+    observed points reach the target though its fit does not says so. No raw nan/inf.
+    """
+    from ich.curves import PowerLawFit
+
+    df = plan_table(aggregate, cost)
+    out = []
+    for arm, grp in df.groupby("arm", sort=False):
+        sup = str(grp["supervision"].iloc[0])
+        what = {"weak": "exam labels", "strong": "slice labels"}.get(sup, "labels")
+        vals = _numeric(grp[metric])
+        seen = grp[vals.notna()]
+        if seen.empty:
+            out.append(f"{arm}: no finished cell yet.")
+            continue
+        top = seen.loc[vals[vals.notna()].idxmax()]
+        best = (f"best observed: AUC {float(top[metric]):.3f} at {float(top['budget']):,.0f} {what} "
+                f"({float(top['cost']):,.0f} {cost.currency})")
+        reached = seen[vals[vals.notna()] >= target_auc]
+        fit = fits.get(arm)
+        if isinstance(fit, PowerLawFit):
+            need = fit.labels_needed(target_auc)
+            if _finite(need["n"]):
+                interval = (f" [{need['low']:,.0f}–{need['high']:,.0f}]" if _finite(need["low"], need["high"])
+                            else " (interval not estimable with these seeds)")
+                line = (f"{arm}: the fitted curve reaches AUC {target_auc:.2f} at about {need['n']:,.0f} "
+                        f"{what}{interval}" + (" (extrapolated)" if need["extrapolated"] else "") + f"; {best}.")
+            else:
+                line = f"{arm}: the fitted curve does not reach AUC {target_auc:.2f}; {best}."
+        else:
+            why = f" ({fit})" if isinstance(fit, str) and fit else ""
+            line = f"{arm}: no learning curve could be fitted{why}; {best}."
+        fit_reaches = isinstance(fit, PowerLawFit) and _finite(fit.labels_needed(target_auc)["n"])
+        if len(reached) and not fit_reaches:
+            first = reached.sort_values("cost").iloc[0]
+            line += (f" Its observed mean does reach {target_auc:.2f} at {float(first['budget']):,.0f} {what} "
+                     f"({float(first['cost']):,.0f} {cost.currency}).")
+        out.append(line)
+    return out
+
+
+def _numeric(series):
+    import pandas as pd
+
+    return pd.to_numeric(series, errors="coerce")

@@ -21,7 +21,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from ich.planner import CostModel, cheapest_plan, fitted_plans, plan_table
+from ich.planner import CostModel, arm_outcomes, cheapest_plan, fitted_plans, plan_table
+from ich.results import validation_note
 
 REFERENCE_RATIO = 35  # paper-protocol.md §9.1: weak learners on all of RSNA needed ~35x fewer labels
 
@@ -140,7 +141,7 @@ def build_report(study: str | os.PathLike, *, cost: CostModel | None = None, tar
             need = fit.labels_needed(t)
             unit = "exam labels" if arms[arm][0] == "weak" else "slice labels" if arms[arm][0] == "strong" else "labels"
             if not math.isfinite(need["n"]):
-                line.append(f"{html.escape(arm)} never reaches it (fitted plateau a = {fit.a:.3f})")
+                line.append(f"{html.escape(arm)}: fitted curve does not reach it (plateau a = {fit.a:.3f})")
                 continue
             line.append(f"{html.escape(arm)} needs {_fmt(need['n'], 0)} {unit} [{_fmt(need['low'], 0)}, "
                         f"{_fmt(need['high'], 0)}]"
@@ -151,9 +152,12 @@ def build_report(study: str | os.PathLike, *, cost: CostModel | None = None, tar
                 line.append(f"strong/weak label ratio {_fmt(r['ratio'], 1)} [{_fmt(r['low'], 1)}, "
                             f"{_fmt(r['high'], 1)}]")
         plan = cheapest_plan(aggregate, cost, t, metric=metric) if len(aggregate) else None
-        line.append("cheapest observed plan: " + (html.escape(plan.describe()) if plan else "none reaches it"))
+        line.append("cheapest observed plan: " + (html.escape(plan.sentence().replace("**", "")) if plan
+                                                   else "none reaches it"))
+        line += [html.escape(a) for a in arm_outcomes(aggregate, fits, cost, t, metric=metric)]
         key.append(f"<li><b>{html.escape(metric)} {t:.3f}</b>: " + "; ".join(line) + "</li>")
-    parts.append("<h2>The answer</h2><div class='key'><ul>" + "".join(key) + "</ul>"
+    parts.append("<h2>The answer</h2><div class='key'><p>" + html.escape(validation_note(cells)) + "</p><ul>"
+                 + "".join(key) + "</ul>"
                  f"<p class='note'>Label ratio = slice labels the strong learner needs / exam labels the weak learner "
                  f"needs for the same {html.escape(metric)} (power-law fits, 95% bootstrap intervals over seeds). "
                  f"The reference study reports weak learners trained on all of RSNA needing about "

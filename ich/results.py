@@ -60,6 +60,12 @@ def weak_vs_strong(cells: pd.DataFrame, *, alternative: str = "two-sided") -> pd
     return df.astype({"budget": "int64", "seed": "int64"}) if len(df) else df
 
 
+def significant_count(table: pd.DataFrame, level: float = 0.05) -> tuple[int, int]:
+    """(comparisons with p < level, comparisons with a p-value) of a ``weak_vs_strong`` table."""
+    p = pd.to_numeric(table.get("p_value", pd.Series(dtype=float)), errors="coerce").dropna()
+    return int((p < level).sum()), int(len(p))
+
+
 def fraction_significant(table: pd.DataFrame, level: float = 0.05) -> float:
     """Share of the weak-vs-strong comparisons with p < level (NaN when there is none)."""
     p = pd.to_numeric(table.get("p_value", pd.Series(dtype=float)), errors="coerce").dropna()

@@ -1,14 +1,16 @@
 """Results: learning curves vs labels and annotator-hours, fits, ROC, weak-vs-strong DeLong and the planner."""
 
+import math
+
 import pandas as pd
 import streamlit as st
 
 from ich import paths
 from ich.curves import PowerLawFit, fit_study_curves, label_ratio
 from ich.figures import learning_curve_figure, roc_figure
-from ich.planner import CostModel, cheapest_plan
+from ich.planner import CostModel, arm_outcomes, cheapest_plan
 from ich.report import build_report
-from ich.results import fraction_significant, roc_curves, weak_vs_strong
+from ich.results import roc_curves, significant_count, validation_note, weak_vs_strong
 from ich.robustness import has_robustness, study_verdict
 from ich.study import is_study, read_progress, summarise_study
 
@@ -63,20 +65,28 @@ c[1].plotly_chart(learning_curve_figure(aggregate, cells=cells, fits=good if met
 for arm, fit in fits.items():
     if not isinstance(fit, PowerLawFit):
         st.caption(f"No power-law fit for {arm}: {fit}")
+st.info(validation_note(cells))
 
 st.subheader("Plan the cheapest labelling")
 target = st.slider("Target exam AUC", 0.50, 0.99, 0.85, 0.01, key="results_target")
-plan = cheapest_plan(aggregate, cost, target)
+criterion = st.radio("A plan reaches the target when", ["mean", "ci_low"], horizontal=True, key="results_criterion",
+                     format_func={"mean": "its mean over seeds does", "ci_low": "the lower end of its 95% CI does "
+                                  "(cautious)"}.get)
+plan = cheapest_plan(aggregate, cost, target, criterion=criterion)
 if plan is None:
-    st.warning(f"No arm of this study reached an exam AUC of {target:.2f}; lower the target or add larger budgets.")
+    st.warning(f"No arm of this study reached an exam AUC of {target:.2f} by this rule; lower the target, choose "
+               "the other rule, or add larger budgets.")
 else:
-    st.success(f"**{plan.supervision}** supervision with **{plan.budget:.0f} labels** reaches AUC {plan.auc:.3f} "
-               f"(95% CI {plan.auc_ci_low:.3f}–{plan.auc_ci_high:.3f}) for {plan.hours:.1f} annotator-hours "
-               f"≈ {plan.cost:,.0f} {plan.currency}.")
+    (st.success if plan.criterion == "ci_low" or plan.auc_ci_low >= target else st.warning)(plan.sentence())
+for line in arm_outcomes(aggregate, fits, cost, target):
+    st.markdown(f"- {line}")
 weak = next((f for a, f in good.items() if a.startswith("weak")), None)
 strong = next((f for a, f in good.items() if a.startswith("strong")), None)
-if weak and strong:
-    r = label_ratio(strong, weak, target)
+r = label_ratio(strong, weak, target) if weak and strong else None
+if r is not None and not all(math.isfinite(v) for v in (r["ratio"], r["low"], r["high"])):
+    st.caption(f"Label ratio at AUC {target:.2f}: not estimable with these budgets (a fitted curve does not "
+               "reach the target, or the seeds are too few for an interval).")
+elif r is not None:
     st.markdown(f"At AUC {target:.2f} the fitted curves need **{r['ratio']:.1f}×** as many slice labels as exam "
                 f"labels (95% interval {r['low']:.1f}–{r['high']:.1f}); the reference study reports ≈35× on RSNA.")
 if has_robustness(study):   # run with --robustness: does the cheapest plan survive changes of the training recipe?
@@ -98,7 +108,9 @@ with c[1]:
     else:
         st.dataframe(table, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.3f")
                                                             for c in table.columns if c not in ("budget", "seed")})
-        st.caption(f"{fraction_significant(table):.0%} of the comparisons differ at p < 0.05 (two-sided).")
+        k, n = significant_count(table)
+        st.caption(f"{k} of {n} comparisons differ at p < 0.05 (two-sided)." if n else
+                   "No comparison has a p-value yet (each needs both classes in the test split).")
 
 st.subheader("Every cell")
 st.dataframe(cells.drop(columns=["row"]), hide_index=True, height=260)

@@ -85,3 +85,63 @@ def test_fitted_plans_cheapest_first():
     assert [p.arm for p in plans] == ["weak", "strong"]       # 35 slices x 5 s > 1 exam x 60 s
     assert plans[1].budget / plans[0].budget == pytest.approx(35, rel=1e-3)
     assert all(p.source == "fit" and math.isnan(p.budget_low) for p in plans)
+
+
+# ------------------------------------------------------------------------------ honest sentences
+def test_a_mean_that_reaches_with_a_ci_below_the_target_is_said_so():
+    plan = cheapest_plan(table(), CostModel(seconds_per_slice_label=10), 0.90)       # weak@96: CI 0.86-0.93
+    text = plan.sentence()
+    assert "mean AUC 0.900 reaches 0.90" in text and "95% CI 0.860–0.930 does not" in text
+    assert "met on average, not with confidence" in text
+    cautious = cheapest_plan(table(), CostModel(seconds_per_slice_label=10), 0.90, criterion="ci_low").sentence()
+    assert "cautious rule" in cautious and "lower end of its 95% CI" in cautious
+
+
+def test_nan_cis_are_not_estimable_never_raw_nan():
+    df = table().assign(exam_auc_ci_low=float("nan"), exam_auc_ci_high=float("nan"))
+    text = cheapest_plan(df, CostModel(), 0.85).sentence()
+    assert "not estimable with these seeds" in text
+    assert "nan" not in text.lower() and "inf" not in text.lower()
+
+
+def test_free_validation_labels_are_counted_in_the_cost():
+    df = table().assign(validation="free", val_labels=44.0)
+    paid = table().assign(validation="paid", val_labels=12.0)
+    free_t, paid_t = plan_table(df, CostModel()), plan_table(paid, CostModel())
+    assert free_t["cost"].iloc[0] - paid_t["cost"].iloc[0] == pytest.approx(CostModel().cost("weak", 44))
+    assert free_t["exam_labels"].iloc[0] == 48 + 44                        # paid labels are already in the budget
+    plan = cheapest_plan(df, CostModel(seconds_per_slice_label=10), 0.90)
+    assert "plus 44 exam labels of a fully labelled validation split" in plan.sentence()
+    assert "chose the model (validation, paid from the budget)" in cheapest_plan(
+        paid, CostModel(seconds_per_slice_label=10), 0.90).sentence()
+
+
+def test_an_arm_whose_fit_never_reaches_the_target_is_named_with_its_best_observed_point():
+    from ich.curves import fit_power_law, power_law
+    from ich.planner import arm_outcomes
+
+    n = [48.0, 96, 192]
+    plateau = fit_power_law([500.0, 1000, 2000], power_law(n, 0.88, 0.6, 0.5), n_boot=0)   # never reaches 0.90
+    lines = arm_outcomes(table(), {"weak": "too few budgets", "strong": plateau}, CostModel(), 0.90)
+    assert len(lines) == 3                                                     # every arm, none dropped
+    strong = next(line for line in lines if line.startswith("strong"))
+    assert "fitted curve does not reach AUC 0.90" in strong and "best observed: AUC 0.910 at 1,000 slice labels" in strong
+    assert "observed mean does reach 0.90 at 1,000 slice labels" in strong   # observed points reach it: said
+    weak = next(line for line in lines if line.startswith("weak"))
+    assert "no learning curve could be fitted (too few budgets)" in weak
+    for line in lines:
+        assert "nan" not in line.lower() and "inf" not in line.lower()
+
+
+@pytest.mark.parametrize("auc", [float("nan"), 0.5])
+def test_degenerate_studies_never_print_nan_or_inf(auc):
+    from ich.planner import arm_outcomes
+
+    df = pd.DataFrame([("weak", "weak", None, 12, auc, float("nan"), float("nan"))],
+                      columns=["arm", "supervision", "slice_fraction", "budget", "exam_auc", "exam_auc_ci_low",
+                               "exam_auc_ci_high"])
+    for line in arm_outcomes(df, {}, CostModel(), 0.9):
+        assert "nan" not in line.lower() and "inf" not in line.lower()
+    plan = cheapest_plan(df, CostModel(), 0.4)
+    if plan is not None:
+        assert "nan" not in plan.sentence().lower()

@@ -164,8 +164,9 @@ def bench_study(ctx: BenchContext) -> dict:
 def _few_label_figures(study: Path, ctx: BenchContext) -> tuple[dict, list]:
     """The learning-from-few-labels table of a finished quick study: mean test exam AUC per arm and budget,
     plus the weak learner on the whole training split (same spec, budget None, same seeds); and its goals:
-    weak >= 0.80 at 48 exam labels and >= 0.95 on the whole split, strong < 0.90 at 48 slice labels and
-    rising, weak >= strong at every budget up to 200."""
+    weak >= 0.80 at 48 exam labels and >= 0.95 on the whole split. The strong arm and the weak - strong gap
+    are reported as figures only: a goal that caps the baseline, or expects weak to win, would prejudge the
+    study's answer."""
     import pandas as pd
 
     from ich.study import Cell, cell_config, read_study
@@ -199,9 +200,7 @@ def _few_label_figures(study: Path, ctx: BenchContext) -> tuple[dict, list]:
                                      note=f"strong AUC at {budgets[-1]} minus at {budgets[0]} slice labels")
     goals = [goal(figs, "auc_weak_m48", ">=", 0.80, text="weak ≥ 0.80 at 48 exam labels"),
              goal(figs, "auc_weak_all", ">=", 0.95, text="weak ≥ 0.95 on the whole training split"),
-             goal(figs, "auc_strong_m48", "<=", 0.90, text="strong < 0.90 at 48 slice labels"),
-             goal(figs, "strong_rise", ">=", 0.0, text="strong rises with the budget"),
-             goal(figs, "weak_minus_strong_min", ">=", 0.0, text="weak ≥ strong at every budget ≤ 200")]
+             ]
     return figs, goals
 
 

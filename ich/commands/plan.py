@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from ich.commands.report import cost_from_args
     from ich.curves import fit_study_curves
-    from ich.planner import cheapest_plan, fitted_plans
+    from ich.planner import arm_outcomes, cheapest_plan, fitted_plans
     from ich.robustness import has_robustness, study_verdict
     from ich.study import read_study, summarise_study
 
@@ -52,16 +52,11 @@ def run(args) -> int:
           f"{cost.seconds_per_exam_label:g} s/exam label, {cost.seconds_per_slice_label:g} s/slice label, "
           f"{cost.hourly_rate:g} {cost.currency}/h")
     if observed:
-        print("cheapest observed plan: " + observed.describe())
+        print("cheapest observed plan: " + observed.sentence().replace("**", ""))
     else:
-        best = aggregate.sort_values(args.metric, ascending=False).iloc[0]
-        print(f"no observed plan reaches {args.target:g}; the best is {best['arm']} at {best['budget']} labels "
-              f"({best[args.metric]:.3f})")
-    for p in fitted:
-        print(f"fitted: {p.describe()} [labels {p.budget_low:,.0f}-{p.budget_high:,.0f}]")
-    for arm, fit in fits.items():
-        if isinstance(fit, str):
-            print(f"no fit for {arm}: {fit}")
+        print(f"no observed plan reaches {args.target:g} by the {args.criterion} rule")
+    for line in arm_outcomes(aggregate, fits, cost, args.target, metric=args.metric):   # every arm, none dropped
+        print("  " + line)
     if robust is not None:
         print("robustness: " + robust.sentence)
         for r in robust.rows():
