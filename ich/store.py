@@ -259,7 +259,11 @@ class DatasetWriter:
         if not self.records:
             raise ValueError(f"no exam was added to {self.out}; nothing to write (is the source folder empty?)")
         exams, slices = self._tables()
-        exams["split"] = make_splits(exams, self.split_fractions, self.split_seed).to_numpy()
+        # the split must not depend on the installation's pseudonym key: patients are dealt in the order of
+        # an unkeyed digest of their key (used here only, never stored), so a split is reproducible anywhere
+        order = pd.DataFrame({"patient_id": [hashlib.sha256(str(r.patient_key).encode("utf-8")).hexdigest()[:12]
+                                             for r in self.records], "label": exams["label"]})
+        exams["split"] = make_splits(order, self.split_fractions, self.split_seed).to_numpy()
         exams.to_parquet(self.tmp / EXAMS_FILE, index=False)
         slices.to_parquet(self.tmp / SLICES_FILE, index=False)
         meta = {
