@@ -3,7 +3,7 @@
 Example: python -m ich study --dataset data/datasets/phantom --supervision weak,strong
 --budgets 12,24,48,96,192 --seeds 3 --out data/studies/s1 [--executor local|ray] [--workers N]
 
---preset quick (weak + strong x 5 budgets x 3 seeds on the fast path) finishes in minutes on
+--preset quick (weak + strong x 5 budgets x 10 seeds on the fast path) finishes in minutes on
 2 CPU cores; without --dataset it uses data/datasets/phantom. Every cell starts from the
 same encoder (--init; "auto" reuses or pretrains <data>/encoders/<dataset>-compact.pt).
 Rerunning the same command (or --resume --out STUDY) skips finished cells and resumes the rest.
