@@ -22,7 +22,10 @@ Objectives (``PretrainConfig.method``, registry ``METHODS``):
   blanked patches, a 1x1-conv pixel decoder on the last feature map, every pixel reconstructed
   (masked ones weighted ``masked_weight`` x). The final projection to D is not trained.
 
-Why ``local`` is the default (measured once with this code, not a test; compact encoder at
+Why ``local`` is the default — and the caveat: the probe figures below score slices of the val *and
+test* splits of phantom seeds 1 and 0, and seed 0 is the phantom the README evaluates; they have not
+yet been re-derived on validation data or on a calibration phantom only (the no-test-peeking rule of
+the project; open work). Measured once with this code, not a test (compact encoder at
 128 px, one CPU thread, trained on the training split; frozen embeddings of every slice).
 "probe": logistic regression on all training-split slice labels, slice AUC on val+test;
 "probe@48": the same from 48 labelled slices (mean of 5 draws); "MIL@48": attention-MIL
