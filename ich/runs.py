@@ -201,6 +201,7 @@ def writer_lock(run: str | os.PathLike) -> Iterator[Path]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            time.sleep(0.2)     # the holder writes its pid just after taking the lock: read it, not the last one's
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise RunLockedError(f"run {run.name} is being written by another process (pid {holder}); wait for it "
                                  f"to end, or stop it (cancel its job, or `kill {holder}`), then resume") from None
