@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -94,11 +95,32 @@ def _init_worker(threads: int, gpus: list[str], counter, warm: bool) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)          # read by torch when it is imported
     _WORKER_INFO.update(index=index, threads=threads, gpu=gpus[index % len(gpus)] if gpus else None)
+    _die_with_parent()
     if warm:
         import torch
 
         torch.set_num_threads(threads)
         warm_imports()
+
+
+def _die_with_parent(poll_s: float = 1.0) -> None:
+    """End this pool worker when the study's process dies (even by kill -9), so no orphan keeps its memory.
+
+    A daemon thread exits the worker within ``poll_s`` once its parent pid changes (it was re-parented).
+    (Not ``PR_SET_PDEATHSIG``: it fires when the *thread* that started the worker ends, which need not be
+    the study's main thread.)
+    """
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="ich-parent-watch", daemon=True).start()
 
 
 def worker_info() -> dict:

@@ -60,3 +60,43 @@ def test_local_pool_runs_in_order_and_reports_errors():
 def test_inline_executor():
     out = list(InlineExecutor().map(_task, [{"x": 1}, {"x": 3}]))
     assert out[0][1]["y"] == 2 and "three is bad" in out[1][2]
+
+
+def test_pool_workers_die_with_their_parent(tmp_path):
+    """A study killed with kill -9 leaves no pool worker behind (each holds ~1 GB of torch)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = (
+        "import os, sys, time\n"
+        "from ich.executors import make_executor\n"
+        "pool = make_executor('local', workers=2, n_tasks=2)\n"
+        "pool.start()\n"
+        "time.sleep(1)\n"
+        "kids = [p.name for p in __import__('pathlib').Path('/proc').iterdir() if p.name.isdigit()\n"
+        "        and open(f'/proc/{p.name}/stat').read().rsplit(')', 1)[1].split()[1] == str(os.getpid())]\n"
+        "open(sys.argv[1], 'w').write(' '.join(kids))\n"
+        "time.sleep(600)\n")
+    out = tmp_path / "kids"
+    proc = subprocess.Popen([sys.executable, "-c", script, str(out)], cwd=Path(__file__).resolve().parents[1])
+    deadline = time.time() + 120
+    while not (out.exists() and out.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.2)
+    kids = [int(k) for k in out.read_text().split()]
+    assert kids, "the pool started no worker"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except OSError:
+            return False
+
+    deadline = time.time() + 30
+    while any(alive(k) for k in kids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not [k for k in kids if alive(k)], "pool workers outlived the study that started them"
