@@ -81,7 +81,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ich.config import did_you_mean
+from ich.config import did_you_mean, preset_with_overrides
 from ich.labels import SUBTYPES
 
 ATLAS_VERSION = 1
@@ -183,18 +183,7 @@ ATLAS_PRESETS: dict[str, AtlasConfig] = {
 
 def atlas_config(difficulty: str | AtlasConfig = "default", **overrides) -> AtlasConfig:
     """The preset named ``difficulty`` (easy, default, hard), with fields replaced by ``overrides``."""
-    if isinstance(difficulty, AtlasConfig):
-        cfg = difficulty
-    elif difficulty in ATLAS_PRESETS:
-        cfg = ATLAS_PRESETS[difficulty]
-    else:
-        raise ValueError(f"difficulty must be one of {sorted(ATLAS_PRESETS)}, not {difficulty!r}"
-                         f"{did_you_mean(str(difficulty), ATLAS_PRESETS)}")
-    unknown = [k for k in overrides if k not in AtlasConfig.__dataclass_fields__]
-    if unknown:
-        raise ValueError(f"unknown AtlasConfig field {unknown[0]!r}"
-                         f"{did_you_mean(unknown[0], AtlasConfig.__dataclass_fields__)}")
-    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+    return preset_with_overrides(difficulty, ATLAS_PRESETS, AtlasConfig, overrides)
 
 
 # ----------------------------------------------------------------------------------------------

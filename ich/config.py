@@ -68,6 +68,25 @@ def did_you_mean(value: object, options) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def preset_with_overrides(value, presets: Mapping[str, Any], cls, overrides: Mapping[str, Any]):
+    """A frozen config: ``value`` itself (an instance of ``cls``) or the preset it names, with fields replaced.
+
+    Raises:
+        ValueError: an unknown preset name or field, with a did-you-mean hint.
+    """
+    if isinstance(value, cls):
+        cfg = value
+    elif value in presets:
+        cfg = presets[value]
+    else:
+        raise ValueError(f"difficulty must be one of {sorted(presets)}, not {value!r}{did_you_mean(value, presets)}")
+    unknown = [k for k in overrides if k not in cls.__dataclass_fields__]
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field {unknown[0]!r}"
+                         f"{did_you_mean(unknown[0], cls.__dataclass_fields__)}")
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+
 def check_choice(name: str, value: object, options) -> None:
     """Raise ``ValueError`` naming ``name``, the options and a close match when ``value`` is not an option."""
     if value not in options:

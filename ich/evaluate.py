@@ -692,22 +692,25 @@ def explain_run_exam(run: str | os.PathLike, exam_id: str, *, dataset: str | os.
 
 def validation_operating_point(run: str | os.PathLike, *, rule: str = "youden", threshold: float | None = None,
                                device: str = "auto") -> dict:
-    """An exam-level cutoff fixed on the validation split, and the sensitivity/specificity it gives on test.
+    """An exam-level cutoff fixed on the run's validation labels, and the sensitivity/specificity it gives on test.
 
-    The threshold is read from the validation exams' ROC curve (``metrics.operating_point``) or
-    given; it is never chosen on the test split. The validation split is scored first when the run
-    has no predictions for it.
+    The cutoff is ``validation_thresholds(run)["exam"][rule]``: read off the ROC of the labels that chose
+    the run's model (paid from its budget, or the free validation split), never the test split; or given.
 
     Args:
         run: a finished run folder.
         rule: ``youden`` (max sensitivity + specificity - 1) or ``closest`` (nearest to the top-left corner).
-        threshold: use this cutoff instead of reading one from validation (e.g. a slider).
+        threshold: use this cutoff instead of the validation one (e.g. a slider).
+        device: where the model runs if the test split has to be scored.
 
     Returns:
         ``threshold, rule, val`` and ``test``, each ``{sensitivity, specificity, tp, fn, tn, fp, n}``
-        (rates NaN where a class is missing).
+        (rates NaN where a class is missing; ``val`` empty when the run kept no validation predictions).
+
+    Raises:
+        ValueError: no cutoff given and the run's validation labels cannot fix one (the reason says why).
     """
-    from ich.metrics import operating_point
+    check_choice("rule", rule, ("closest", "youden"))
 
     def at(exams: pd.DataFrame, t: float) -> dict:
         y = pd.to_numeric(exams["exam_label"], errors="coerce").to_numpy(float)
@@ -720,13 +723,14 @@ def validation_operating_point(run: str | os.PathLike, *, rule: str = "youden", 
                 "specificity": tn / (tn + fp) if tn + fp else float("nan"),
                 "tp": tp, "fn": fn, "tn": tn, "fp": fp, "n": int(keep.sum())}
 
-    val, _, _ = load_predictions(run, split="val", device=device)
-    test, _, _ = load_predictions(run, device=device)
     if threshold is None:
-        y = pd.to_numeric(val["exam_label"], errors="coerce").to_numpy(float)
-        keep = ~np.isnan(y)
-        threshold = operating_point(y[keep], val["exam_score"].to_numpy(float)[keep], rule=rule)["threshold"]
+        fixed = validation_thresholds(run)
+        threshold = fixed["exam"][rule]
         if not np.isfinite(threshold):
-            raise ValueError(f"run {Path(run).name}: the validation split needs positive and negative exams to fix "
-                             "a cutoff; set one by hand instead")
-    return {"threshold": float(threshold), "rule": rule, "val": at(val, threshold), "test": at(test, threshold)}
+            raise ValueError(f"run {Path(run).name}: no exam cutoff from its validation labels "
+                             f"({fixed['reason']}); set one by hand instead")
+    has_val = runs.predictions_path(run, runs.SELECTION_PREDICTIONS).is_file()
+    val = runs.read_predictions(run, runs.SELECTION_PREDICTIONS)[0] if has_val else None
+    test, _, _ = load_predictions(run, device=device)
+    return {"threshold": float(threshold), "rule": rule, "val": at(val, threshold) if has_val else {},
+            "test": at(test, threshold)}

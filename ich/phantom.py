@@ -64,7 +64,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ich.config import did_you_mean
+from ich.config import did_you_mean, preset_with_overrides
 from ich.labels import SUBTYPES
 
 log = logging.getLogger(__name__)
@@ -185,18 +185,7 @@ PHANTOM_PRESETS: dict[str, PhantomConfig] = {
 
 def phantom_config(difficulty: str | PhantomConfig = "default", **overrides) -> PhantomConfig:
     """The preset named ``difficulty`` (easy, default, hard), with fields replaced by ``overrides``."""
-    if isinstance(difficulty, PhantomConfig):
-        cfg = difficulty
-    elif difficulty in PHANTOM_PRESETS:
-        cfg = PHANTOM_PRESETS[difficulty]
-    else:
-        raise ValueError(f"difficulty must be one of {sorted(PHANTOM_PRESETS)}, not {difficulty!r}"
-                         f"{did_you_mean(difficulty, PHANTOM_PRESETS)}")
-    unknown = [k for k in overrides if k not in PhantomConfig.__dataclass_fields__]
-    if unknown:
-        raise ValueError(f"unknown PhantomConfig field {unknown[0]!r}"
-                         f"{did_you_mean(unknown[0], PhantomConfig.__dataclass_fields__)}")
-    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+    return preset_with_overrides(difficulty, PHANTOM_PRESETS, PhantomConfig, overrides)
 
 
 # ----------------------------------------------------------------------------------------------

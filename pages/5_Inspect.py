@@ -108,7 +108,7 @@ def typicality(run_path: str, dataset_path: str, exam_id: str) -> dict:
     return score_dataset(run_path, dataset_path, exam_ids=[exam_id]).iloc[0].to_dict()
 
 
-@st.cache_data(show_spinner="Scoring the validation split…")
+@st.cache_data(show_spinner="Reading the validation labels…")
 def op_point(run_path: str, rule: str) -> dict:
     return validation_operating_point(run_path, rule=rule)
 

@@ -466,11 +466,12 @@ def test_a_run_without_validation_predictions_reports_no_operating_point(tmp_pat
 
 def test_operating_point_is_fixed_on_validation_and_reported_on_test(tiny_phantom_run):
     from ich import runs
-    from ich.evaluate import load_predictions, validation_operating_point
+    from ich.evaluate import validation_operating_point
     from ich.metrics import operating_point
 
     op = validation_operating_point(tiny_phantom_run, device="cpu")
-    val, _, _ = load_predictions(tiny_phantom_run, split="val")
+    # the labels that chose the run's model (predictions-selection.parquet), never the test split
+    val = runs.read_predictions(tiny_phantom_run, runs.SELECTION_PREDICTIONS)[0]
     y = val["exam_label"].astype(float).to_numpy()
     assert op["threshold"] == operating_point(y, val["exam_score"].to_numpy(float), rule="youden")["threshold"]
     test, _, _ = runs.read_predictions(tiny_phantom_run)[0], None, None
