@@ -25,6 +25,19 @@ FAIRNESS_KEYS = ("train.steps_per_epoch", "train.epochs", "train.patience", "tra
                  "train.loss", "model.attention_activation", "train.validation", "train.val_fraction")
 
 
+def changed_settings(settings: Mapping[str, Any]) -> dict:
+    """The dotted settings whose value differs from the recipe's default (what a page passes as overrides)."""
+    base = RunConfig().to_dict()
+    out = {}
+    for key, value in settings.items():
+        section, name = key.split(".")
+        default = base[section][name]
+        default = list(default) if isinstance(default, tuple) else default
+        if (list(value) if isinstance(value, tuple) else value) != default:
+            out[key] = value
+    return out
+
+
 def init_overrides(init: str, finetune: str | None = None) -> dict:
     """RunConfig overrides implied by where the encoder starts: an encoder file decides architecture and input.
 

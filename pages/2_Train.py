@@ -89,10 +89,7 @@ chosen = {"train.steps_per_epoch": int(steps), "train.epochs": int(epochs), "tra
           "train.val_fraction": float(val_fraction), "model.pooling": pooling}
 if init == "random":
     chosen["model.encoder"] = encoder
-base = RunConfig().to_dict()
-overrides = {k: v for k, v in chosen.items()
-             if (list(base[k.split(".")[0]][k.split(".")[1]]) if k == "train.lr_factors"
-                 else base[k.split(".")[0]][k.split(".")[1]]) != v}   # only what differs from the recipe
+overrides = recipe.changed_settings(chosen)      # only what differs from the recipe
 
 stamp = time.strftime("%Y%m%d-%H%M%S")
 try:

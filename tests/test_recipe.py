@@ -144,3 +144,9 @@ def test_quick_study_and_train_page_grid_write_the_same_aucs(app_root, tmp_path)
     cols = ["row", "arm", "budget", "seed", "exam_auc", "validation", "train_labels", "val_labels"]
     pd.testing.assert_frame_equal(a[cols], b[cols])
     assert a["exam_auc"].notna().any()
+
+
+def test_changed_settings_keep_only_what_differs_from_the_recipe():
+    assert recipe.changed_settings({"train.steps_per_epoch": 64, "train.lr_factors": [0.3, 1.0, 3.0],
+                                    "train.lr": 3e-4, "model.attention_activation": "sparsemax"}) == \
+        {"train.lr": 3e-4, "model.attention_activation": "sparsemax"}
