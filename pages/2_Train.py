@@ -57,7 +57,7 @@ st.subheader("Recipe (the same for every arm)")
 c = st.columns(5)
 steps = c[0].number_input("Optimiser steps per epoch", 1, 10_000, defaults.steps_per_epoch, key="train_steps")
 epochs = c[1].number_input("Epochs (per learning rate)", 1, 1000, defaults.epochs, key="train_epochs")
-patience = c[2].number_input("Patience (0 = keep every epoch)", 0, 1000, defaults.patience or 0,
+patience = c[2].number_input("Patience (0 = never stop early)", 0, 1000, defaults.patience or 0,
                              key="train_patience", help="Stop a learning rate after this many validations "
                                                         "without improvement; 0 never stops early.")
 lr = c[3].number_input("Learning rate", 1e-6, 1.0, defaults.lr, format="%g", key="train_lr")
@@ -127,7 +127,7 @@ if overrides:
     st.caption("Changed from the recipe: " + ", ".join(f"{k} = {v}" for k, v in overrides.items()))
 else:
     st.caption("The standard recipe: the same settings as the quick study and `python -m ich train`.")
-st.code(shlex.join(["python", "-m", "ich", *argv]), language="bash")
+st.code(shlex.join(["python", "-m", "ich", *argv]), language="bash", wrap_lines=True)
 
 if st.button("Launch", type="primary", key="train_launch"):
     job = jobs.submit(paths.jobs_db(), argv, kind=argv[0], out_dir=out, title=out.name)
