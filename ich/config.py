@@ -44,6 +44,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ich import noise
+
 WINDOW_NAMES = ("brain", "subdural", "bone")  # keys of labels.WINDOWS (kept here: level-1 module)
 ENCODER_NAMES = ("compact", "resnet18")
 POOLING_NAMES = ("attention", "gated_attention", "mean", "max")
@@ -242,6 +244,7 @@ class TrainConfig:
                                             # (4, not 2: chosen on calibration phantom seed 100, never evaluated:
                                             # weak at 24 labels sd 0.14 -> 0.05 over 8 seeds, mean 0.85 -> 0.92)
     lr_factors: tuple[float, ...] = (0.3, 1.0, 3.0)  # learning rates tried (x lr), chosen on validation labels only
+    label_noise: str = ""                   # bought labels' noise, e.g. "exam=0.90/0.97" (ich.noise); "" = clean
     exams_per_step: int = 4                 # weak/mixed: bags per optimiser step (padded + masked)
     slices_per_step: int = 32               # strong: slices per optimiser step
     bag_min_slices: int | None = 10         # weak bag augmentation: keep k ~ randint(min, S) slices; None = off
@@ -289,6 +292,7 @@ class TrainConfig:
         object.__setattr__(self, "lr_factors", tuple(float(f) for f in factors))
         if not isinstance(self.augment, bool):
             raise ValueError(f"train.augment must be true or false, not {self.augment!r}")
+        object.__setattr__(self, "label_noise", noise.parse(self.label_noise).spec)   # normalised ("" when clean)
         if self.supervision == "mixed" and self.budget is not None and not 0.0 < self.slice_fraction < 1.0:
             raise ValueError(f"train.slice_fraction must be strictly between 0 and 1 for mixed supervision "
                              f"(0 is weak, 1 is strong), not {self.slice_fraction!r}")

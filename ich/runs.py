@@ -7,7 +7,8 @@ Layout of ``<runs root>/<run name>/``::
                          timestamps, error message, summary numbers
     metrics.jsonl        one line per epoch (numbered across the learning-rate grid): epoch, lr_factor,
                          lr_epoch, train_loss, val_exam_auc, val_slice_auc, val_loss, lr, seconds
-    labels.parquet       the labels the budget bought (kind exam | slice, exam_id, index, use train | val)
+    labels.parquet       the labels the budget bought (kind exam | slice, exam_id, index, use train | val,
+                         label as bought (after train.label_noise), clean_label the truth)
     checkpoint.pt        {"kind": "ich-run", "config", "model" (best weights), "epoch", "best",
                           "last": {weights, optimiser, scheduler, ...} while the run can resume,
                           "encoder_ref": frozen-encoder file + checksum on the fast path,

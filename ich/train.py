@@ -24,6 +24,10 @@ kept model is the best (learning rate, epoch) by the validation score, ties brok
 validation loss (an AUC on a few held-out labels takes few values), then by the earlier one;
 ``patience`` (None by default) can stop a learning rate early.
 
+Label noise (``train.label_noise``, ``ich.noise``): the bought labels, training and paid validation
+alike, are read as a fallible reader gave them (exact counts flipped, seeded); the test split and
+a free validation split keep the clean truth. labels.parquet records both.
+
 Supervision: ``weak`` = focal loss on the exam logit (attention MIL; exam labels only);
 ``strong`` = focal loss on slice logits of single slices (exam score = max slice
 probability); ``mixed`` = exam loss on every bought exam + ``slice_loss_weight`` x slice loss
@@ -54,7 +58,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ich import distributed, runs
+from ich import distributed, noise, runs
 from ich.config import REFERENCE_ALPHA, RunConfig
 from ich.data import (BagDataset, EmbeddingBagDataset, EmbeddingSliceDataset, HeldOut, SliceDataset, VolumeCache,
                       collate_bags, collate_slices, epoch_order, exam_slice_labels, hold_out_validation, make_augment,
@@ -225,8 +229,15 @@ class _Trainer:
         self.input_size = int(cfg.data.input_size or ds.size)
         self.bought = select_labels(ds.exams, ds.slices, supervision=t.supervision, budget=t.budget, seed=cfg.seed,
                                     sampling=t.sampling, slice_fraction=t.slice_fraction)
+        # the labels as bought (train.label_noise); training and paid validation read these, the test split
+        # and a free validation split read the dataset's clean labels
+        self.seen_exams, self.seen_slices = noise.apply(
+            ds.exams, ds.slices, exam_ids=self.bought.exam_ids, slice_rows=self.bought.slices,
+            noise=noise.parse(t.label_noise), seed=cfg.seed, slice_exam_ids=self.bought.slice_exam_ids)
         self.subset, self.held = self._set_validation_apart(ds)
-        runs.write_labels(self.run_dir, self._labels_frame())
+        labels = self._labels_frame()
+        self.wrong_labels = int((labels["label"] != labels["clean_label"]).sum())   # flipped by label noise
+        runs.write_labels(self.run_dir, labels)
         self.model: MILModel = build_model(cfg).to(self.device)
         self.forward = distributed.wrap(self.model, self.device)   # DDP under torchrun; model calls by name
         self.fast = cfg.model.finetune == "none"
@@ -250,7 +261,7 @@ class _Trainer:
         """(training labels, validation labels) per ``train.validation`` (see the module docstring)."""
         t = self.cfg.train
         if t.validation == "paid":
-            return hold_out_validation(self.bought, ds.exams, ds.slices, fraction=t.val_fraction,
+            return hold_out_validation(self.bought, self.seen_exams, self.seen_slices, fraction=t.val_fraction,
                                        min_per_class=t.val_min_per_class, seed=self.cfg.seed)
         val = ds.exams[(ds.exams["split"] == "val") & ds.exams["label"].notna()]
         return self.bought, HeldOut("free", "exam", exam_ids=val["exam_id"].tolist(), n_labels=len(val),
@@ -258,18 +269,27 @@ class _Trainer:
                                            "not part of the budget)")
 
     def _labels_frame(self) -> pd.DataFrame:
-        """labels.parquet: every label the run used, with ``use`` = train | val (paid validation)."""
-        train = self.subset.to_frame().assign(use="train")
-        if self.held.mode != "paid":
-            return train
+        """labels.parquet: every label the run used, with ``use`` = train | val (paid validation), ``label``
+        (as bought, after ``train.label_noise``) and ``clean_label`` (the truth) side by side."""
+        frame = self.subset.to_frame().assign(use="train")
         h = self.held
-        if h.kind == "slice":
-            val = pd.DataFrame({"kind": "slice", "exam_id": h.slices["exam_id"].to_numpy(),
-                                "index": pd.array(h.slices["index"].to_numpy(), dtype="Int32")})
-        else:
-            val = pd.DataFrame({"kind": "exam", "exam_id": h.exam_ids,
-                                "index": pd.array([None] * len(h.exam_ids), dtype="Int32")})
-        return pd.concat([train, val.assign(use="val")], ignore_index=True)
+        if h.mode == "paid":
+            if h.kind == "slice":
+                val = pd.DataFrame({"kind": "slice", "exam_id": h.slices["exam_id"].to_numpy(),
+                                    "index": pd.array(h.slices["index"].to_numpy(), dtype="Int32")})
+            else:
+                val = pd.DataFrame({"kind": "exam", "exam_id": h.exam_ids,
+                                    "index": pd.array([None] * len(h.exam_ids), dtype="Int32")})
+            frame = pd.concat([frame, val.assign(use="val")], ignore_index=True)
+        ds, is_exam = self.dataset, (frame["kind"] == "exam").to_numpy()
+        keys = pd.MultiIndex.from_arrays([frame["exam_id"].to_numpy(), frame["index"].fillna(-1).astype(int).to_numpy()])
+        for col, (exams, slices) in (("label", (self.seen_exams, self.seen_slices)),
+                                     ("clean_label", (ds.exams, ds.slices))):
+            by_exam = exams.set_index("exam_id")["label"].reindex(frame["exam_id"]).to_numpy(float)
+            by_slice = (slices.set_index(["exam_id", slices["index"].astype(int)])["label"]
+                        .reindex(keys).to_numpy(float))
+            frame[col] = pd.array(np.where(is_exam, by_exam, by_slice), dtype="Float64").astype("Int8")
+        return frame
 
     def _validation_exams(self, ds) -> tuple[pd.DataFrame | None, dict]:
         """The exams scored for model selection and the labels they carry (nan = not used).
@@ -283,12 +303,12 @@ class _Trainer:
         if h.mode == "free":
             e = ds.exams[ds.exams["split"] == "val"][["exam_id", "label"]].reset_index(drop=True)
             return (e if len(e) else None), exam_slice_labels(ds.slices, e["exam_id"])
-        if h.kind == "exam":      # held-out exam labels only: no slice label is read
-            e = ds.exams.set_index("exam_id").loc[h.exam_ids, ["label"]].reset_index()
+        if h.kind == "exam":      # held-out exam labels only (as bought): no slice label is read
+            e = self.seen_exams.set_index("exam_id").loc[h.exam_ids, ["label"]].reset_index()
             return e, {}
         ids = list(dict.fromkeys(h.slices["exam_id"]))        # held-out slice labels only: no exam label
         e = pd.DataFrame({"exam_id": ids, "label": np.nan})
-        sl = ds.slices[ds.slices["exam_id"].isin(set(ids))].sort_values(["exam_id", "index"])
+        sl = self.seen_slices[self.seen_slices["exam_id"].isin(set(ids))].sort_values(["exam_id", "index"])
         wanted = set(zip(h.slices["exam_id"], h.slices["index"].astype(int)))
         keep = np.array([(x, int(i)) in wanted for x, i in zip(sl["exam_id"], sl["index"])], dtype=bool)
         labels = np.where(keep, sl["label"].astype("Float64").to_numpy(float, na_value=np.nan), np.nan)
@@ -322,11 +342,11 @@ class _Trainer:
 
     def _setup_data(self) -> None:
         cfg, t, ds, sub = self.cfg, self.cfg.train, self.dataset, self.subset
-        exams = ds.exams.set_index("exam_id", drop=False)
+        exams = self.seen_exams.set_index("exam_id", drop=False)          # training labels as bought
         self.augment = make_augment() if t.augment and not self.fast else None
         volumes = None if self.fast else VolumeCache(ds, self.input_size)
         if t.supervision == "strong":
-            labels = (ds.slices.set_index(["exam_id", "index"])["label"]
+            labels = (self.seen_slices.set_index(["exam_id", "index"])["label"]
                       .loc[list(zip(sub.slices["exam_id"], sub.slices["index"]))].astype(float).to_numpy())
             if self.fast:
                 row_ids = np.array([self.rows[e][0] + int(i) for e, i in zip(sub.slices["exam_id"], sub.slices["index"])],
@@ -339,7 +359,7 @@ class _Trainer:
         else:
             ids = sub.slice_exam_ids + sub.exam_ids
             train_exams = exams.loc[ids, ["exam_id", "label"]].reset_index(drop=True)
-            visible = exam_slice_labels(ds.slices, sub.slice_exam_ids)   # weak: none; mixed: slice-part exams
+            visible = exam_slice_labels(self.seen_slices, sub.slice_exam_ids)   # weak: none; mixed: slice-part exams
             if self.fast:
                 self.train_set = EmbeddingBagDataset(self.embeddings, self.rows, train_exams, slice_labels=visible,
                                                      bag_min_slices=t.bag_min_slices, seed=cfg.seed)
@@ -497,6 +517,7 @@ class _Trainer:
                    "train_labels": self.subset.n_labels, "validation": self.held.mode,
                    "val_labels": self.held.n_labels, "val_label_kind": self.held.kind,
                    "lr": t.lr * factor, "lr_factor": factor, "selection": self.selection(best),
+                   "label_noise": t.label_noise, "wrong_labels": self.wrong_labels,
                    "supervision": t.supervision, "budget": t.budget, "seed": cfg.seed,
                    "device": str(self.device), "precision": self.precision}
         if self.eval_sets["val"] is not None:    # kept so cutoffs are fixed on validation, never on test
