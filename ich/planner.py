@@ -12,6 +12,11 @@ Defaults (assumptions, change them for your site; README "Cost model"): 60 s per
 judged with its neighbours; ~3 min for a whole exam), 200 per hour (roughly a US
 radiologist's fully loaded hourly cost).
 
+Noisy labels (arms with a ``label_noise`` model, ``ich.noise``) come from a cheaper source: each
+label of a kind the noise model touches costs ``seconds_per_noisy_label`` (default 1 s, issue 16's
+"report-mined exam label": a script reads the report, nobody looks at the scan) at the same
+hourly rate; labels of a kind it leaves clean keep the annotator's price.
+
 ``cheapest_plan`` picks from observed study points (the aggregate table of
 ``study.summarise_study``): the cheapest (arm, budget) whose mean AUC, or the lower bound of
 its 95% CI across seeds (``criterion="ci_low"``, the cautious choice), reaches the target.
@@ -43,11 +48,13 @@ class CostModel:
     seconds_per_slice_label: float = 5.0     # one slice judged (strong labels)
     hourly_rate: float = 200.0               # annotator cost per hour, in `currency`
     currency: str = "USD"
+    seconds_per_noisy_label: float = 1.0     # a label of a kind an arm's noise model touches (report-mined)
 
     def __post_init__(self):
         _check_number("cost.seconds_per_exam_label", self.seconds_per_exam_label, lo=0.0)
         _check_number("cost.seconds_per_slice_label", self.seconds_per_slice_label, lo=0.0)
         _check_number("cost.hourly_rate", self.hourly_rate, lo=0.0)
+        _check_number("cost.seconds_per_noisy_label", self.seconds_per_noisy_label, lo=0.0)
         if not isinstance(self.currency, str) or not self.currency:
             raise ValueError(f"cost.currency must be a non-empty string, not {self.currency!r}")
 
@@ -62,14 +69,21 @@ class CostModel:
             else float(slice_fraction)
         return (1.0 - f) * float(budget), f * float(budget)
 
-    def hours(self, supervision: str, budget: float, slice_fraction: float | None = None) -> float:
-        """Annotator hours of a budget."""
-        exams, slices = self.label_counts(supervision, budget, slice_fraction)
-        return (exams * self.seconds_per_exam_label + slices * self.seconds_per_slice_label) / 3600.0
+    def hours(self, supervision: str, budget: float, slice_fraction: float | None = None,
+              label_noise: str = "") -> float:
+        """Annotator hours of a budget (labels of a kind ``label_noise`` touches at the noisy source's price)."""
+        from ich import noise
 
-    def cost(self, supervision: str, budget: float, slice_fraction: float | None = None) -> float:
+        n = noise.parse(_text(label_noise))
+        exams, slices = self.label_counts(supervision, budget, slice_fraction)
+        exam_s = self.seconds_per_noisy_label if n.exam != (1.0, 1.0) else self.seconds_per_exam_label
+        slice_s = self.seconds_per_noisy_label if n.slice != (1.0, 1.0) else self.seconds_per_slice_label
+        return (exams * exam_s + slices * slice_s) / 3600.0
+
+    def cost(self, supervision: str, budget: float, slice_fraction: float | None = None,
+             label_noise: str = "") -> float:
         """Money of a budget (``hours * hourly_rate``)."""
-        return self.hours(supervision, budget, slice_fraction) * self.hourly_rate
+        return self.hours(supervision, budget, slice_fraction, label_noise) * self.hourly_rate
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -106,13 +120,14 @@ class Plan:
     criterion: str = "mean"            # the rule by which the plan "reaches" it (CRITERIA)
     validation: str = ""               # paid | none | free (how the cells chose their model)
     val_labels: float = 0.0            # labels used for model selection (paid: inside budget; free: on top)
+    label_noise: str = ""              # the labels' noise model (ich.noise spec); "" = clean
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def sentence(self) -> str:
         """The plan in plain words: what to buy, what it reaches by which rule, the validation labels, the cost."""
-        what = {"weak": "exam labels", "strong": "slice labels"}.get(self.supervision, "labels")
+        what = _what(self.supervision, self.label_noise)
         t = self.target
         ci = (f"95% CI {self.auc_ci_low:.3f}–{self.auc_ci_high:.3f}"
               if _finite(self.auc_ci_low, self.auc_ci_high) else "95% CI not estimable with these seeds")
@@ -140,6 +155,20 @@ class Plan:
         extra = " (extrapolated beyond the study's budgets)" if self.extrapolated else ""
         return (f"{self.arm}: {self.budget:,.0f} {what} -> AUC {self.auc:.3f}; {self.hours:,.1f} annotator hours, "
                 f"{self.cost:,.0f} {self.currency}{extra}")
+
+
+def _text(v) -> str:
+    """A label-noise cell of a table as a spec string (NaN / None from a CSV = clean)."""
+    return v if isinstance(v, str) else ""
+
+
+def _what(supervision: str, label_noise="") -> str:
+    """ "exam labels", "slice labels" or "labels", with the noise model in words when there is one."""
+    from ich import noise
+
+    what = {"weak": "exam labels", "strong": "slice labels"}.get(supervision, "labels")
+    n = noise.parse(_text(label_noise))
+    return what if n.clean else f"noisy {what} ({n.words()})"
 
 
 def _finite(*values) -> bool:
@@ -179,8 +208,9 @@ def plan_table(aggregate: pd.DataFrame, cost: CostModel) -> pd.DataFrame:
     free = _free_val_labels(df)
     df["exam_labels"] = [c[0] + v for c, v in zip(counts, free)]
     df["slice_labels"] = [c[1] for c in counts]
-    df["hours"] = [cost.hours(s, b, _frac(f)) + cost.hours("weak", v)
-                   for s, b, f, v in zip(df["supervision"], df["budget"], df["slice_fraction"], free)]
+    noise_specs = [_text(n) for n in df["label_noise"]] if "label_noise" in df.columns else [""] * len(df)
+    df["hours"] = [cost.hours(s, b, _frac(f), n) + cost.hours("weak", v)
+                   for s, b, f, n, v in zip(df["supervision"], df["budget"], df["slice_fraction"], noise_specs, free)]
     df["cost"] = df["hours"] * cost.hourly_rate
     return df
 
@@ -225,7 +255,7 @@ def cheapest_plan(aggregate: pd.DataFrame, cost: CostModel, target_auc: float, *
                 auc_ci_high=float(best.get(f"{metric}_ci_high", math.nan)), hours=float(best["hours"]),
                 cost=float(best["cost"]), currency=cost.currency, source="observed", target=float(target_auc),
                 criterion=criterion, validation=str(best.get("validation", "") or ""),
-                val_labels=float(val) if _finite(val) else 0.0)
+                val_labels=float(val) if _finite(val) else 0.0, label_noise=_text(best.get("label_noise", "")))
 
 
 def fitted_plans(fits: Mapping[str, Any], arms: Mapping[str, tuple[str, float | None]], cost: CostModel,
@@ -234,7 +264,7 @@ def fitted_plans(fits: Mapping[str, Any], arms: Mapping[str, tuple[str, float | 
 
     Args:
         fits: ``{arm: curves.PowerLawFit}`` (other values, e.g. failure messages, are skipped).
-        arms: ``{arm: (supervision, slice_fraction)}``.
+        arms: ``{arm: (supervision, slice_fraction[, label_noise])}`` (``StudyConfig.arm_table``).
         cost: the cost model.
         target_auc: the AUC to reach.
 
@@ -251,12 +281,13 @@ def fitted_plans(fits: Mapping[str, Any], arms: Mapping[str, tuple[str, float | 
         need = fit.labels_needed(target_auc)
         if not math.isfinite(need["n"]):
             continue
-        sup, frac = arms[arm]
+        sup, frac, *rest = arms[arm]
+        spec = rest[0] if rest else ""
         out.append(Plan(arm=arm, supervision=sup, slice_fraction=frac, budget=need["n"], auc=float(target_auc),
-                        auc_ci_low=float("nan"), auc_ci_high=float("nan"), hours=cost.hours(sup, need["n"], frac),
-                        cost=cost.cost(sup, need["n"], frac), currency=cost.currency, source="fit",
+                        auc_ci_low=float("nan"), auc_ci_high=float("nan"), hours=cost.hours(sup, need["n"], frac, spec),
+                        cost=cost.cost(sup, need["n"], frac, spec), currency=cost.currency, source="fit",
                         extrapolated=need["extrapolated"], budget_low=need["low"], budget_high=need["high"],
-                        target=float(target_auc)))
+                        target=float(target_auc), label_noise=spec))
     return sorted(out, key=lambda p: p.cost)
 
 
@@ -274,7 +305,7 @@ def arm_outcomes(aggregate: pd.DataFrame, fits: Mapping[str, Any], cost: CostMod
     out = []
     for arm, grp in df.groupby("arm", sort=False):
         sup = str(grp["supervision"].iloc[0])
-        what = {"weak": "exam labels", "strong": "slice labels"}.get(sup, "labels")
+        what = _what(sup, grp["label_noise"].iloc[0] if "label_noise" in grp.columns else "")
         vals = _numeric(grp[metric])
         seen = grp[vals.notna()]
         if seen.empty:

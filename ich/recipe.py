@@ -116,4 +116,7 @@ def study_argv(spec, out: str | Path) -> list[str]:
         argv += ["--finetune", spec.finetune]
     if spec.name:
         argv += ["--name", spec.name]
+    if tuple(spec.label_noise) != ("",):
+        for n in spec.label_noise:
+            argv += ["--label-noise", n or "clean"]
     return argv + _set_args({k: v for k, v in spec.overrides})

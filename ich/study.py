@@ -10,8 +10,9 @@ Layout of a study folder::
     cells.jsonl      one line per cell event (start, done, failed), appended
     summary.csv      one row per cell, then one per (arm, budget) with the mean and 95% CI over seeds;
                      ``validation`` (paid | none | free), ``train_labels``, ``val_labels`` and
-                     ``labels_counted`` (= train + validation labels: what the planner prices)
-    runs/<cell>/     the run folders, named ``<arm>-m<budget>-s<seed>`` (arm: weak, strong, mixed-f0.25)
+                     ``labels_counted`` (= train + validation labels: what the planner prices),
+                     ``label_noise`` (the arm's noise model, ``ich.noise``; empty = clean labels)
+    runs/<cell>/     the run folders, named ``<arm>-m<budget>-s<seed>`` (arm: weak, strong, mixed-f0.25, weak-exam-sens90-spec97)
 
 Cells are ordered seed-major: every budget of every arm gets seed 0 before any gets seed 1,
 so the first points of every curve arrive first and a half-finished study already spans all
@@ -108,6 +109,8 @@ class StudyConfig(JsonConfig):
     overrides: tuple[tuple[str, Any], ...] = ()        # dotted RunConfig overrides for every cell, e.g. ("train.lr", 3e-4)
     pixel_slices: int = 16                             # lesion slices scored for pixel Dice per cell (0: off)
     name: str = ""                                     # informational
+    label_noise: tuple[str, ...] = ("",)               # noise models of the bought labels (ich.noise specs; "" = clean):
+                                                       # one arm per (supervision, noise) that the noise touches
 
     def __post_init__(self):
         if not isinstance(self.dataset, str):
@@ -118,6 +121,12 @@ class StudyConfig(JsonConfig):
         object.__setattr__(self, "budgets", tuple(sorted(_as_tuple("budgets", self.budgets, int))))
         object.__setattr__(self, "seeds", _as_tuple("seeds", self.seeds, int))
         object.__setattr__(self, "slice_fractions", _as_tuple("slice_fractions", self.slice_fractions, float))
+        from ich import noise
+
+        specs = tuple(noise.parse(x).spec for x in _as_tuple("label_noise", self.label_noise, str))
+        if len(set(specs)) != len(specs):
+            raise ValueError(f"study.label_noise names one noise model twice: {list(self.label_noise)}")
+        object.__setattr__(self, "label_noise", specs)
         if "mixed" in self.supervisions:
             bad = [f for f in self.slice_fractions if not 0.0 < f < 1.0]
             if bad:
@@ -138,7 +147,8 @@ class StudyConfig(JsonConfig):
             raise ValueError(f"study.overrides must be a mapping of dotted keys to values, not {self.overrides!r}") \
                 from err
         for key, _ in pairs:
-            if key in ("train.supervision", "train.budget", "seed", "train.slice_fraction", "data.dataset"):
+            if key in ("train.supervision", "train.budget", "seed", "train.slice_fraction", "data.dataset",
+                       "train.label_noise"):
                 raise ValueError(f"study.overrides must not set {key!r}: the study grid sets it per cell")
         object.__setattr__(self, "overrides", pairs)
         _check_number("study.pixel_slices", self.pixel_slices, lo=0, integer=True)
@@ -147,15 +157,31 @@ class StudyConfig(JsonConfig):
 
     # -------------------------------------------------------------- views
     @property
+    def arm_table(self) -> list[tuple[str, str, float | None, str]]:
+        """(arm name, supervision, slice fraction or None, label noise spec) in plotting order.
+
+        A noise model makes its own arm (``weak-exam-sens90-spec97``) only where it touches a label kind the
+        arm buys (weak: exam labels, strong: slice labels, mixed: both); elsewhere the arm is the clean one.
+        """
+        from ich import noise
+
+        out: dict[str, tuple] = {}
+        for spec in self.label_noise:
+            n = noise.parse(spec)
+            for s in self.supervisions:
+                kinds = {"weak": ("exam",), "strong": ("slice",)}.get(s, ("exam", "slice"))
+                touched = [k for k in kinds if getattr(n, k) != (1.0, 1.0)]
+                applied = noise.LabelNoise(**{k: getattr(n, k) for k in touched})
+                suffix = f"-{applied.tag}" if touched else ""
+                for name, frac in ([(f"mixed-f{f:g}", float(f)) for f in self.slice_fractions] if s == "mixed"
+                                   else [(s, None)]):
+                    out.setdefault(name + suffix, (name + suffix, s, frac, applied.spec))
+        return list(out.values())
+
+    @property
     def arms(self) -> list[tuple[str, str, float | None]]:
         """(arm name, supervision, slice fraction or None) in plotting order."""
-        out = []
-        for s in self.supervisions:
-            if s == "mixed":
-                out += [(f"mixed-f{f:g}", s, float(f)) for f in self.slice_fractions]
-            else:
-                out.append((s, s, None))
-        return out
+        return [a[:3] for a in self.arm_table]
 
     def seeds_for(self, budget: int) -> tuple[int, ...]:
         """The seeds a budget gets (all of them, or the first R(m) under ``repeats="reference"``)."""
@@ -167,7 +193,7 @@ class StudyConfig(JsonConfig):
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["overrides"] = {k: _thaw(v) for k, v in self.overrides}
-        for k in ("supervisions", "budgets", "seeds", "slice_fractions"):
+        for k in ("supervisions", "budgets", "seeds", "slice_fractions", "label_noise"):
             d[k] = list(d[k])
         return d
 
@@ -203,6 +229,14 @@ STUDY_PRESETS: dict[str, dict] = {
         # learning rate chosen on validation labels), so a Train-page grid with the same arms, budgets, seeds
         # and encoder trains the same cells
         "overrides": {},
+    },
+    "noise": {
+        # weak learner at exam-label noise 0 / 5 / 10 / 20 % (of each class's bought labels flipped, exactly): does a
+        # cheaper, noisier exam label pay? Budgets in steps of 3x (16 vs 48, 32 vs 96, 64 vs 192) so "one reader"
+        # and "majority of three" can be compared at equal cost. Fast path, as quick
+        "supervisions": ["weak"], "budgets": [16, 32, 48, 64, 96, 144, 192], "seeds": list(range(5)),
+        "label_noise": ["", "exam=0.95/0.95", "exam=0.9/0.9", "exam=0.8/0.8"],
+        "preset": "default", "init": "auto", "finetune": "none", "pixel_slices": 0, "overrides": {},
     },
     "tiny": {  # tests: pass dataset and init
         "supervisions": ["weak", "strong"], "budgets": [4, 8], "seeds": [0, 1], "preset": "tiny",
@@ -251,6 +285,7 @@ class Cell:
     budget: int
     seed: int
     slice_fraction: float | None  # mixed only
+    label_noise: str = ""         # noise model of the bought labels (ich.noise spec; "" = clean)
 
     @property
     def name(self) -> str:
@@ -269,8 +304,8 @@ def plan_cells(spec: StudyConfig) -> list[Cell]:
             seeds = spec.seeds_for(budget)
             if k >= len(seeds):
                 continue
-            for arm, sup, frac in spec.arms:
-                cells.append(Cell(arm, sup, budget, seeds[k], frac))
+            for arm, sup, frac, noise_spec in spec.arm_table:
+                cells.append(Cell(arm, sup, budget, seeds[k], frac, noise_spec))
     return cells
 
 
@@ -294,9 +329,12 @@ def cell_config(spec: StudyConfig, cell: Cell):
 
     if spec.init == "auto":
         raise ValueError("cell_config needs a resolved study (init is 'auto'); call resolve_study first")
+    overrides = {k: _thaw(v) for k, v in spec.overrides}
+    if cell.label_noise:
+        overrides["train.label_noise"] = cell.label_noise
     return run_config(spec.dataset, supervision=cell.supervision, budget=cell.budget, seed=cell.seed,
                       slice_fraction=cell.slice_fraction, preset=spec.preset, init=spec.init, finetune=spec.finetune,
-                      overrides={k: _thaw(v) for k, v in spec.overrides})
+                      overrides=overrides)
 
 
 def check_budgets(spec: StudyConfig) -> None:
@@ -749,7 +787,7 @@ def _notify(fn, progress: dict) -> None:
 
 
 # ------------------------------------------------------------------------------ summary
-CELL_COLUMNS = ["row", "arm", "supervision", "slice_fraction", "budget", "seed", "n_seeds", "n_labels", "validation",
+CELL_COLUMNS = ["row", "arm", "supervision", "slice_fraction", "label_noise", "budget", "seed", "n_seeds", "n_labels", "validation",
                 "train_labels", "val_labels", "val_label_kind", "labels_counted", "lr", "state",
                 "exam_auc", "exam_auc_ci_low", "exam_auc_ci_high", "slice_auc", "slice_auc_ci_low",
                 "slice_auc_ci_high", "sequence_f1", "sequence_f1_ci_low", "sequence_f1_ci_high", "pixel_dice",
@@ -770,7 +808,7 @@ def cell_row(study: str | os.PathLike, cell: Cell) -> dict:
     d = cell_dir(study, cell)
     nan = float("nan")
     row = {"row": "cell", "arm": cell.arm, "supervision": cell.supervision, "slice_fraction": cell.slice_fraction,
-           "budget": cell.budget, "seed": cell.seed, "n_seeds": 1, "n_labels": nan, "validation": "",
+           "label_noise": cell.label_noise, "budget": cell.budget, "seed": cell.seed, "n_seeds": 1, "n_labels": nan, "validation": "",
            "train_labels": nan, "val_labels": nan, "val_label_kind": "", "labels_counted": nan, "lr": nan,
            "state": cell_state(study, cell),
            **{c: nan for c in CELL_COLUMNS if c.startswith(STAT_COLUMNS)}, "seconds": nan, "run": str(d)}
@@ -831,7 +869,7 @@ def summarise_study(study: str | os.PathLike):
         first = grp.iloc[0]
         modes = sorted(set(grp["validation"]))
         r = {"row": "mean", "arm": arm, "supervision": first["supervision"], "slice_fraction": first["slice_fraction"],
-             "budget": int(budget), "seed": None, "n_seeds": int(len(grp)), "n_labels": grp["n_labels"].mean(),
+             "label_noise": first["label_noise"], "budget": int(budget), "seed": None, "n_seeds": int(len(grp)), "n_labels": grp["n_labels"].mean(),
              "validation": "+".join(modes), "train_labels": grp["train_labels"].mean(),
              "val_labels": grp["val_labels"].mean(), "val_label_kind": first["val_label_kind"],
              "labels_counted": grp["labels_counted"].mean(), "lr": float("nan"),

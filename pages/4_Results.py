@@ -50,6 +50,10 @@ with st.sidebar:
         seconds_per_exam_label=st.number_input("Seconds per exam label", 0.0, 3600.0, 60.0, key="results_exam_s"),
         seconds_per_slice_label=st.number_input("Seconds per slice label", 0.0, 600.0, 5.0, key="results_slice_s"),
         hourly_rate=st.number_input("Annotator rate per hour (USD)", 0.0, 5000.0, 200.0, key="results_rate"),
+        seconds_per_noisy_label=st.number_input(
+            "Seconds per noisy label", 0.0, 3600.0, 1.0, key="results_noisy_s",
+            help="A label from a cheaper, fallible source (e.g. mined from the report by a script): the price of "
+                 "every label in a study arm trained with label noise"),
     )
 
 fits = fit_study_curves(cells, n_boot=200)

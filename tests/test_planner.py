@@ -145,3 +145,28 @@ def test_degenerate_studies_never_print_nan_or_inf(auc):
     plan = cheapest_plan(df, CostModel(), 0.4)
     if plan is not None:
         assert "nan" not in plan.sentence().lower()
+
+
+def test_noisy_labels_are_priced_at_their_source_and_the_choice_is_checked_by_hand():
+    """Clean weak reaches 0.90 at 96 exam labels (96 min = 320 USD); the noisy arm needs 192 report-mined labels.
+
+    By hand: at 1 s per noisy label, noisy@192 = 192 s = 10.7 USD, the cheapest; at 60 s (a noisy label as dear
+    as a clean one) it costs 640 USD and, with slice labels at 10 s (strong@1000 = 556 USD), clean weak@96
+    (320 USD) wins.
+    """
+    noisy = pd.DataFrame([("weak-exam-sens90-spec90", "weak", None, "exam=0.9/0.9", 96, 0.86, 0.82, 0.90),
+                          ("weak-exam-sens90-spec90", "weak", None, "exam=0.9/0.9", 192, 0.91, 0.88, 0.93)],
+                         columns=["arm", "supervision", "slice_fraction", "label_noise", "budget", "exam_auc",
+                                  "exam_auc_ci_low", "exam_auc_ci_high"])
+    both = pd.concat([table().assign(label_noise=float("nan")), noisy], ignore_index=True)   # NaN: clean, as in CSV
+    plan = cheapest_plan(both, CostModel(), 0.90)
+    assert (plan.arm, plan.budget, plan.label_noise) == ("weak-exam-sens90-spec90", 192, "exam=0.9/0.9")
+    assert plan.cost == pytest.approx(192 * 1 / 3600 * 200)
+    assert "noisy exam labels (exam labels 90% sensitive, 90% specific)" in plan.sentence()
+    dear = cheapest_plan(both, CostModel(seconds_per_noisy_label=60, seconds_per_slice_label=10), 0.90)
+    assert (dear.arm, dear.budget) == ("weak", 96) and dear.label_noise == ""
+    t = plan_table(both, CostModel())
+    assert t.loc[t["arm"] == "weak", "cost"].tolist() == pytest.approx([48 / 60 * 200, 96 / 60 * 200, 192 / 60 * 200])
+    assert CostModel().cost("mixed", 100, 0.5, "slice=0.9/0.9") == pytest.approx((50 * 60 + 50 * 1) / 3600 * 200)
+    with pytest.raises(ValueError, match="seconds_per_noisy_label"):
+        CostModel(seconds_per_noisy_label=-1)

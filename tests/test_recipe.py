@@ -63,6 +63,7 @@ def test_train_argv_resolves_to_the_same_config(tiny_dataset, encoder, tmp_path,
     dict(),
     dict(supervisions=["weak", "strong", "mixed"], budgets=[4, 8], seeds=[5], slice_fractions=[0.25, 0.5],
          overrides={"train.epochs": 2, "train.lr_factors": [1.0]}, name="mine", finetune="none"),
+    dict(label_noise=["", "exam=0.9/0.97", "exam=0.8/0.8,slice=0.9/1"]),
 ])
 def test_study_argv_resolves_to_the_same_spec(tiny_dataset, tmp_path, fields):
     from ich.commands.study import build_spec
@@ -77,6 +78,18 @@ def test_train_cli_and_study_cells_share_the_recipe(tiny_dataset, encoder):
         assert cell_config(spec, cell) == recipe.run_config(
             spec.dataset, supervision=cell.supervision, budget=cell.budget, seed=cell.seed, init=str(encoder),
             finetune="none")
+
+
+def test_a_noisy_cell_is_a_train_run_with_the_same_label_noise(tiny_dataset, encoder):
+    from ich.commands.train import build_config
+
+    spec, _ = resolve_study(make_study("quick", dataset=str(tiny_dataset), init=str(encoder),
+                                       label_noise=["clean", "exam=0.9/0.97"]))
+    cell = next(c for c in plan_cells(spec) if c.arm == "weak-exam-sens90-spec97")
+    argv = recipe.train_argv(spec.dataset, "out", supervision="weak", budget=cell.budget, seed=cell.seed,
+                             init=str(encoder), finetune="none") + ["--label-noise", "exam=0.90/0.970"]
+    assert cell_config(spec, cell) == build_config(parse(argv))
+    assert cell_config(spec, cell).train.label_noise == "exam=0.9/0.97"
 
 
 def test_unknown_override_names_the_key(tiny_dataset):

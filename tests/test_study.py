@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -93,6 +94,40 @@ def test_cells_give_every_budget_its_first_seed_first():
     assert {c.budget for c in cells[:first_seed1]} == {12, 24, 48}
     assert all(c.seed == 0 for c in cells[:first_seed1])
     assert len({c.name for c in cells}) == len(cells)
+
+
+def test_label_noise_makes_an_arm_only_where_it_touches_a_bought_label():
+    spec = make_study("quick", dataset="/x", init="random", supervisions=["weak", "strong", "mixed"],
+                      label_noise=["clean", "exam=0.9/0.97"])
+    assert spec.label_noise == ("", "exam=0.9/0.97")
+    assert [(a, n) for a, _, _, n in spec.arm_table] == [
+        ("weak", ""), ("strong", ""), ("mixed-f0.5", ""), ("weak-exam-sens90-spec97", "exam=0.9/0.97"),
+        ("mixed-f0.5-exam-sens90-spec97", "exam=0.9/0.97")]        # strong buys no exam label: no noisy twin
+    cells = plan_cells(spec)
+    assert {c.label_noise for c in cells if c.arm.startswith("weak-")} == {"exam=0.9/0.97"}
+    assert len({c.name for c in cells}) == len(cells) and not any("/" in c.name for c in cells)
+    assert StudyConfig.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    with pytest.raises(ValueError, match="twice"):
+        make_study("quick", dataset="/x", label_noise=["", "clean"])
+    with pytest.raises(ValueError, match="train.label_noise"):
+        make_study("quick", dataset="/x", overrides={"train.label_noise": "exam=0.9/0.9"})
+    with pytest.raises(ValueError, match="between 0.5 and 1"):
+        make_study("quick", dataset="/x", label_noise=["exam=0.2/0.9"])
+
+
+def test_a_noisy_arm_trains_on_noisy_labels_and_is_summarised_as_such(tiny_dataset, encoder_file, tmp_path):
+    spec = make_study("tiny", dataset=str(tiny_dataset), init=str(encoder_file), supervisions=["weak"], budgets=[8],
+                      seeds=[0], label_noise=["", "exam=0.5/0.5"], pixel_slices=0)
+    cells, aggregate = run_study(spec, tmp_path / "s", executor="inline")
+    assert list(cells["arm"]) == ["weak", "weak-exam-sens50-spec50"] and (cells["state"] == "done").all()
+    assert list(cells["label_noise"].fillna("")) == ["", "exam=0.5/0.5"]
+    noisy, clean = (runs.read_status(tmp_path / "s" / "runs" / f"{a}-m8-s0")["summary"]
+                    for a in ("weak-exam-sens50-spec50", "weak"))
+    y = runs.read_labels(tmp_path / "s" / "runs" / "weak-exam-sens50-spec50-m8-s0")["clean_label"].astype(int)
+    half = int(np.floor((y == 1).sum() / 2 + 0.5)) + int(np.floor((y == 0).sum() / 2 + 0.5))   # of the 8, exactly
+    assert noisy["wrong_labels"] == half > 0 and clean["wrong_labels"] == 0
+    csv = pd.read_csv(tmp_path / "s" / "summary.csv")
+    assert set(csv.loc[csv["row"] == "mean", "label_noise"].fillna("")) == {"", "exam=0.5/0.5"}
 
 
 def test_reference_repeats_follow_the_paper():

@@ -37,7 +37,7 @@ def run(args) -> int:
         raise RuntimeError(f"study {args.study} has no finished cell yet; wait for `python -m ich study` to finish some")
     observed = cheapest_plan(aggregate, cost, args.target, criterion=args.criterion, metric=args.metric)
     fits = fit_study_curves(cells, metric=args.metric)
-    fitted = fitted_plans(fits, {a: (s, f) for a, s, f in spec.arms}, cost, args.target)
+    fitted = fitted_plans(fits, {a: (s, f, n) for a, s, f, n in spec.arm_table}, cost, args.target)
     robust = None
     if has_robustness(args.study):   # the study was run with --robustness: does the answer survive the variants?
         robust = study_verdict(args.study, cost, args.target, criterion=args.criterion, metric=args.metric)
@@ -50,6 +50,7 @@ def run(args) -> int:
         return 0 if observed or fitted else 1
     print(f"target {args.metric} {args.target:g} (criterion {args.criterion}); cost: "
           f"{cost.seconds_per_exam_label:g} s/exam label, {cost.seconds_per_slice_label:g} s/slice label, "
+          f"{cost.seconds_per_noisy_label:g} s/noisy label, "
           f"{cost.hourly_rate:g} {cost.currency}/h")
     if observed:
         print("cheapest observed plan: " + observed.sentence().replace("**", ""))

@@ -41,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validation", help="paid (default: model selection on a share of the budget's own labels, "
                                         "counted) | free (the fully labelled val split, as the reference; not in "
                                         "the budget, added to the planner's cost)")
+    p.add_argument("--label-noise", help="noise of the bought labels as a fallible reader gives them, e.g. "
+                   "exam=0.90/0.97 (sensitivity/specificity; add ,slice=S/P); default clean. Test labels stay clean")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. train.lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -57,7 +59,8 @@ def build_config(args):
     flags = {"model.encoder": args.encoder, "model.pooling": args.pooling,
              "model.attention_activation": args.attention_activation, "data.input_size": args.input_size,
              "train.epochs": args.epochs, "train.loss": args.loss, "train.device": args.device,
-             "train.threads": args.threads, "train.sampling": args.sampling, "train.validation": args.validation}
+             "train.threads": args.threads, "train.sampling": args.sampling, "train.validation": args.validation,
+             "train.label_noise": args.label_noise}
     if args.windows:
         flags["data.windows"] = [w.strip() for w in args.windows.split(",") if w.strip()]
     flags = {k: v for k, v in flags.items() if v is not None}
