@@ -5,7 +5,7 @@ import time
 
 import streamlit as st
 
-from ich import jobs, paths, recipe
+from ich import jobs, noise, paths, recipe
 from ich.config import RunConfig
 from ich.store import list_datasets
 from ich.study import default_encoder_path, make_study
@@ -39,6 +39,25 @@ else:
                                 key="train_seeds")
 slice_fraction = st.slider("Share of the budget spent on slice labels (mixed)", 0.05, 0.95, 0.5,
                            disabled="mixed" not in arms, key="train_slice_fraction")
+
+st.subheader("Label quality")
+NOISE_HELP = ("A cheaper source (a report-mining script, one hurried reader) gets some labels wrong. Sensitivity: "
+              "the share of truly positive labels it calls positive; specificity: the share of negatives it calls "
+              "negative. Exactly that share of the bought labels is flipped (seeded); the test split stays clean.")
+if mode == "single run":
+    c = st.columns(3)
+    noisy = c[0].toggle("Labels from a fallible source", key="train_noisy", help=NOISE_HELP)
+    sens = c[1].number_input("Sensitivity", 0.5, 1.0, 0.9, 0.01, disabled=not noisy, key="train_noise_sens")
+    spec_ = c[2].number_input("Specificity", 0.5, 1.0, 0.97, 0.01, disabled=not noisy, key="train_noise_spec")
+    pair = (float(sens), float(spec_)) if noisy else (1.0, 1.0)
+    kinds = {"weak": ("exam",), "strong": ("slice",)}.get(supervision, ("exam", "slice"))
+    label_noises = [noise.LabelNoise(**{k: pair for k in kinds}).spec]
+else:
+    flipped = st.multiselect("Compare label noise (share of each class's bought labels flipped)", [0, 5, 10, 20],
+                             default=[0], format_func=lambda p: "clean labels" if p == 0 else f"{p}% wrong",
+                             key="train_noise_levels", help=NOISE_HELP + " Each level is an arm of its own.")
+    label_noises = [noise.LabelNoise(exam=(1 - p / 100, 1 - p / 100), slice=(1 - p / 100, 1 - p / 100)).spec
+                    for p in sorted(flipped)] or [""]
 
 encoders = sorted(str(p) for p in paths.encoders_dir().glob("*.pt"))
 c = st.columns(3)
@@ -89,6 +108,8 @@ chosen = {"train.steps_per_epoch": int(steps), "train.epochs": int(epochs), "tra
           "train.val_fraction": float(val_fraction), "model.pooling": pooling}
 if init == "random":
     chosen["model.encoder"] = encoder
+if mode == "single run":
+    chosen["train.label_noise"] = label_noises[0]
 overrides = recipe.changed_settings(chosen)      # only what differs from the recipe
 
 stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -114,7 +135,7 @@ try:
         budgets = [int(b) for b in budgets_text.split(",") if b.strip()]
         spec = make_study(None, dataset=dataset, supervisions=arms, budgets=budgets, seeds=list(range(int(n_seeds))),
                           slice_fractions=[slice_fraction], init=init, finetune="none" if init != "random" else None,
-                          overrides=overrides)
+                          overrides=overrides, label_noise=label_noises)
         out = paths.studies_dir() / f"{stamp}-{'-'.join(arms)}"
         argv = recipe.study_argv(spec, out)
         with st.expander("Resolved study (what the study records in study.json)"):

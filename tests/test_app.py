@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -96,6 +97,29 @@ def test_launching_a_run_creates_a_job(app_data):
     assert len(rows) == 1 and rows[0].kind == "train"
     assert rows[0].argv[:2] == ["train", "--dataset"] and "--budget" in rows[0].argv
     jobs.cancel(app_data / "jobs.sqlite", rows[0].id)
+
+
+def test_train_page_launches_label_noise_as_it_shows_it(app_data):
+    """Single run: the fallible-source toggle becomes --set train.label_noise; grid: one --label-noise per level."""
+    from ich.commands.study import build_spec
+    from ich.commands.train import build_config
+    from ich.cli import build_parser
+
+    at = run_page(REPO / "pages" / "2_Train.py")
+    at.radio(key="train_mode").set_value("single run").run()
+    at.selectbox(key="train_init").set_value("random").run()
+    at.toggle(key="train_noisy").set_value(True).run()
+    at.number_input(key="train_noise_sens").set_value(0.8).run()
+    assert not at.exception
+    argv = shlex.split(at.code[0].value)[3:]
+    assert build_config(build_parser().parse_args(argv)).train.label_noise == "exam=0.8/0.97"
+    at.radio(key="train_mode").set_value("study grid (budgets x seeds)").run()
+    at.multiselect(key="train_noise_levels").set_value([0, 10]).run()
+    assert not at.exception
+    argv = shlex.split(at.code[0].value)[3:]
+    spec = build_spec(build_parser().parse_args(argv))
+    assert spec.label_noise == ("", "exam=0.9/0.9,slice=0.9/0.9")
+    assert [a for a, *_ in spec.arm_table] == ["weak", "strong", "weak-exam-sens90-spec90", "strong-slice-sens90-spec90"]
 
 
 @pytest.fixture(scope="module")
