@@ -22,7 +22,7 @@ from typing import Sequence
 import pandas as pd
 
 from ich.planner import CostModel, arm_outcomes, cheapest_plan, fitted_plans, plan_table
-from ich.results import validation_note
+from ich.results import noise_note, validation_note
 
 REFERENCE_RATIO = 35  # paper-protocol.md §9.1: weak learners on all of RSNA needed ~35x fewer labels
 
@@ -156,7 +156,8 @@ def build_report(study: str | os.PathLike, *, cost: CostModel | None = None, tar
                                                    else "none reaches it"))
         line += [html.escape(a) for a in arm_outcomes(aggregate, fits, cost, t, metric=metric)]
         key.append(f"<li><b>{html.escape(metric)} {t:.3f}</b>: " + "; ".join(line) + "</li>")
-    parts.append("<h2>The answer</h2><div class='key'><p>" + html.escape(validation_note(cells)) + "</p><ul>"
+    parts.append("<h2>The answer</h2><div class='key'><p>" + html.escape(validation_note(cells))
+                 + (f" {html.escape(noise_note(cells))}" if noise_note(cells) else "") + "</p><ul>"
                  + "".join(key) + "</ul>"
                  f"<p class='note'>Label ratio = slice labels the strong learner needs / exam labels the weak learner "
                  f"needs for the same {html.escape(metric)} (power-law fits, 95% bootstrap intervals over seeds). "

@@ -72,6 +72,21 @@ def fraction_significant(table: pd.DataFrame, level: float = 0.05) -> float:
     return float((p < level).mean()) if len(p) else float(np.nan)
 
 
+def noise_note(cells: pd.DataFrame) -> str:
+    """One plain sentence per noisy arm of a study (``label_noise``), or "" when every arm bought clean labels."""
+    from ich import noise
+
+    if "label_noise" not in cells.columns:
+        return ""
+    arms = cells[["arm", "label_noise"]].drop_duplicates("arm")
+    noisy = [(a, noise.parse(n)) for a, n in zip(arms["arm"], arms["label_noise"]) if isinstance(n, str) and n]
+    if not noisy:
+        return ""
+    return ("Label noise: " + "; ".join(f"{a} trained on {n.words()} (exactly that share of its bought labels "
+                                         "flipped, validation included)" for a, n in noisy)
+            + ". Every arm is tested against the clean labels.")
+
+
 def validation_note(cells: pd.DataFrame) -> str:
     """One plain sentence on how a study's cells chose their models and which labels that cost.
 

@@ -10,7 +10,7 @@ from ich.curves import PowerLawFit, fit_study_curves, label_ratio
 from ich.figures import learning_curve_figure, roc_figure
 from ich.planner import CostModel, arm_outcomes, cheapest_plan
 from ich.report import build_report
-from ich.results import roc_curves, significant_count, validation_note, weak_vs_strong
+from ich.results import noise_note, roc_curves, significant_count, validation_note, weak_vs_strong
 from ich.robustness import has_robustness, study_verdict
 from ich.study import is_study, read_progress, summarise_study
 
@@ -70,6 +70,8 @@ for arm, fit in fits.items():
     if not isinstance(fit, PowerLawFit):
         st.caption(f"No power-law fit for {arm}: {fit}")
 st.info(validation_note(cells))
+if noise_note(cells):
+    st.info(noise_note(cells))
 
 st.subheader("Plan the cheapest labelling")
 target = st.slider("Target exam AUC", 0.50, 0.99, 0.85, 0.01, key="results_target")

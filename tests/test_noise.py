@@ -146,3 +146,13 @@ def test_slice_noise_reaches_the_strong_learners_training_labels(easy, tmp_path)
     out = noisy_run(easy, tmp_path / "s", "slice=0.5/0.9", supervision="strong", budget=40)
     labels = runs.read_labels(tmp_path / "s")
     assert set(labels["kind"]) == {"slice"} and out["wrong_labels"] == int((labels["label"] != labels["clean_label"]).sum()) > 0
+
+
+def test_the_noise_note_names_each_noisy_arm_in_words():
+    from ich.results import noise_note
+
+    cells = pd.DataFrame({"arm": ["weak", "weak-exam-sens90-spec97", "weak"], "label_noise": [np.nan, "exam=0.9/0.97", ""]})
+    note = noise_note(cells)
+    assert "weak-exam-sens90-spec97 trained on exam labels 90% sensitive, 97% specific" in note
+    assert "clean labels" in note and "nan" not in note
+    assert noise_note(cells.iloc[[0]]) == "" and noise_note(cells.drop(columns="label_noise")) == ""
