@@ -288,3 +288,13 @@ def test_home_offers_to_resume_a_stopped_chain(tmp_path, monkeypatch):
     assert not at.exception, at.exception
     states = {j.kind: j.state for j in reversed(jobs.list_jobs(root / "jobs.sqlite"))}   # the newest job of each
     assert states == {"synth": "queued", "import": "queued", "pretrain": "queued"}
+
+
+def test_glossary_finds_a_term_and_says_when_nothing_matches(app_data):
+    at = run_page(REPO / "pages" / "6_Glossary.py")
+    assert not at.exception and len(at.markdown) >= 15
+    at.text_input(key="glossary_query").set_value("specificity").run()
+    found = [m.value for m in at.markdown]
+    assert found and all("specificity" in m.lower() for m in found) and any("Label noise" in m for m in found)
+    at.text_input(key="glossary_query").set_value("zebra").run()
+    assert "No entry mentions 'zebra'" in at.info[0].value
