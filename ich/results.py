@@ -72,6 +72,39 @@ def fraction_significant(table: pd.DataFrame, level: float = 0.05) -> float:
     return float((p < level).mean()) if len(p) else float(np.nan)
 
 
+def run_label(row) -> str:
+    """A run as a selector shows it: "<study> / <run> · weak · 48 labels · test AUC 0.931" (a ``study.all_runs`` row)."""
+    where = f"{row['study']} / " if row.get("study") else ""
+    budget = "all labels" if pd.isna(row.get("budget")) else f"{int(row['budget'])} labels"
+    auc = row.get("test_exam_auc")
+    return (f"{where}{row['run']} · {row['supervision']} · {budget}"
+            + (f" · test AUC {float(auc):.3f}" if auc is not None and pd.notna(auc) else ""))
+
+
+def comparison_sentence(r: dict, name_a: str = "A", name_b: str = "B") -> str:
+    """``evaluate.compare_runs``'s result in plain words: both AUCs, the difference with its CI, and what the
+    DeLong p-value says (no raw nan: a figure that cannot be estimated is said so)."""
+    def f(v, fmt="{:.3f}"):
+        return fmt.format(v) if v is not None and np.isfinite(v) else "not estimable"
+
+    pct = f"{100 * r['level']:g}%"
+    shared = (f"On the {r['n_exams']} exams both runs scored ({r['n_positive']} with hemorrhage)"
+              + (f"; {r['n_only_a']} only {name_a} scored and {r['n_only_b']} only {name_b} scored are left out"
+                 if r["n_only_a"] or r["n_only_b"] else ""))
+    diff = (f"{name_a} − {name_b} = {f(r['diff'], '{:+.3f}')} ({pct} CI {f(r['diff_ci_low'], '{:+.3f}')} to "
+            f"{f(r['diff_ci_high'], '{:+.3f}')})")
+    p = r.get("p_value")
+    h1 = {"two-sided": "that they differ", "greater": f"that {name_a} is better",
+          "less": f"that {name_b} is better"}[r["alternative"]]
+    if p is None or not np.isfinite(p):
+        verdict = "the DeLong test is not estimable on these exams (e.g. one class missing)"
+    elif p < 1 - r["level"]:
+        verdict = f"DeLong p = {p:.3g}: evidence {h1} at the {pct} level"
+    else:
+        verdict = f"DeLong p = {p:.3g}: no evidence {h1} at the {pct} level (they may still differ; more exams would tell)"
+    return (f"{shared}, {name_a} reaches AUC {f(r['auc_a'])} and {name_b} {f(r['auc_b'])}: {diff}; {verdict}.")
+
+
 def noise_note(cells: pd.DataFrame) -> str:
     """One plain sentence per noisy arm of a study (``label_noise``), or "" when every arm bought clean labels."""
     from ich import noise

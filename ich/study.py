@@ -431,6 +431,21 @@ def is_study(path: str | os.PathLike) -> bool:
     return (Path(path) / SPEC_FILE).is_file()
 
 
+def all_runs(runs_root: str | os.PathLike, studies_root: str | os.PathLike):
+    """Every run folder the app shows: single runs under ``runs_root`` and every study's cells under
+    ``studies_root/<study>/runs`` (``runs.list_runs`` rows plus ``study``: the study's name, "" for single runs)."""
+    import pandas as pd
+
+    from ich import runs
+
+    frames = [runs.list_runs(runs_root).assign(study="")]
+    root = Path(studies_root)
+    for study in sorted(root.iterdir()) if root.is_dir() else []:
+        if is_study(study) and (study / RUNS_DIR).is_dir():
+            frames.append(runs.list_runs(study / RUNS_DIR).assign(study=study.name))
+    return pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
+
+
 def cell_dir(study: str | os.PathLike, cell: Cell | str) -> Path:
     return Path(study) / RUNS_DIR / (cell if isinstance(cell, str) else cell.name)
 

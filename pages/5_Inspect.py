@@ -1,7 +1,5 @@
 """Inspect: one run and one exam (or your own series) — the slice strip, the slice, its heatmap, the truth and the warnings."""
 
-from pathlib import Path
-
 import pandas as pd
 import streamlit as st
 
@@ -11,7 +9,9 @@ from ich.explain import overlay
 from ich.figures import hu_slice_figure, slice_strip_figure
 from ich.labels import WINDOWS
 from ich.ood import score_dataset
+from ich.results import run_label
 from ich.store import open_dataset
+from ich.study import all_runs
 from ich.uploads import import_in_process, list_uploads, remove_upload, stage_upload, upload_name
 from ich.views import heat_legend_image, render_slice, subtype_legend_html, triptych_png, window_values
 
@@ -19,23 +19,12 @@ st.set_page_config(page_title="Inspect · ICH lab", layout="wide")
 st.title("Inspect")
 
 # ------------------------------------------------------------------ the run
-roots = [paths.runs_dir(), *sorted(p / "runs" for p in paths.studies_dir().glob("*") if (p / "runs").is_dir())]
-table = pd.concat([runs.list_runs(r) for r in roots], ignore_index=True)
+table = all_runs(paths.runs_dir(), paths.studies_dir())
 table = table[table["state"] == "done"] if len(table) else table
 if table.empty:
     st.info("No finished run yet. Train one on the **Train** page (or run the quick study on the home page).")
     st.stop()
-
-
-def run_label(path: str, name: str, supervision: str, budget, auc) -> str:
-    parent = Path(path).parent
-    where = f"{parent.parent.name} / " if parent.name == "runs" and parent.parent.parent.name == "studies" else ""
-    budget = "all labels" if pd.isna(budget) else f"{int(budget)} labels"
-    return f"{where}{name} · {supervision} · {budget}" + (f" · test AUC {auc:.3f}" if pd.notna(auc) else "")
-
-
-labels = {p: run_label(p, r, s, b, a) for p, r, s, b, a in zip(table["path"], table["run"], table["supervision"],
-                                                                  table["budget"], table["test_exam_auc"])}
+labels = {row["path"]: run_label(row) for _, row in table.iterrows()}
 run = st.selectbox("Run", list(labels), format_func=labels.get, key="inspect_run")
 
 # ------------------------------------------------------------------ your own series

@@ -172,6 +172,23 @@ def finished_study(tmp_path_factory, tiny_dataset):
     return root
 
 
+def test_compare_page_tests_two_study_cells_in_plain_words(finished_study, monkeypatch):
+    from ich.evaluate import compare_runs
+
+    monkeypatch.setenv("ICH_DATA", str(finished_study))
+    monkeypatch.chdir(REPO)
+    at = run_page(REPO / "pages" / "7_Compare.py")
+    assert not at.exception, at.exception
+    a, b = at.selectbox(key="compare_a").value, at.selectbox(key="compare_b").value
+    assert "tiny-study / " in at.selectbox(key="compare_a").format_func(a)
+    r = compare_runs(a, b)
+    assert at.metric[0].value == f"{r['auc_a']:.3f}" and "DeLong p = " in at.markdown[0].value
+    at.radio(key="compare_alternative").set_value("greater").run()
+    assert "that A is better" in at.markdown[0].value and "--alternative greater" in at.caption[-1].value
+    at.selectbox(key="compare_b").set_value(a).run()
+    assert "Pick two different runs" in at.warning[0].value
+
+
 def test_results_page_shows_curves_plan_and_delong(finished_study, monkeypatch):
     monkeypatch.setenv("ICH_DATA", str(finished_study))
     monkeypatch.chdir(REPO)

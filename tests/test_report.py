@@ -82,3 +82,17 @@ def test_report_and_plan_verbs(study, tmp_path, capsys):
 def test_write_report_refuses_a_non_study(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a study folder"):
         write_report(tmp_path)
+
+
+def test_comparison_sentence_says_what_the_delong_test_says_without_raw_nan():
+    from ich.results import comparison_sentence
+
+    r = {"level": 0.95, "n_exams": 45, "n_positive": 15, "n_only_a": 0, "n_only_b": 2, "auc_a": 0.93, "auc_b": 0.88,
+         "diff": 0.05, "diff_ci_low": 0.01, "diff_ci_high": 0.09, "p_value": 0.012, "alternative": "two-sided"}
+    s = comparison_sentence(r)
+    assert "45 exams both runs scored (15 with hemorrhage)" in s and "2 only B scored" in s
+    assert "A − B = +0.050 (95% CI +0.010 to +0.090)" in s and "evidence that they differ" in s
+    s = comparison_sentence({**r, "p_value": 0.4, "alternative": "greater"})
+    assert "no evidence that A is better" in s
+    s = comparison_sentence({**r, "p_value": float("nan"), "diff_ci_low": float("nan"), "auc_b": float("nan")})
+    assert "nan" not in s.lower().replace("not estimable", "") and "not estimable" in s
