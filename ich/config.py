@@ -46,6 +46,7 @@ from typing import Any, Mapping
 
 from ich import noise
 
+ACQUISITIONS = ("random", "uncertainty", "coreset")   # keys of ich.acquire's strategies (kept here: level-1 module)
 WINDOW_NAMES = ("brain", "subdural", "bone")  # keys of labels.WINDOWS (kept here: level-1 module)
 ENCODER_NAMES = ("compact", "resnet18")
 POOLING_NAMES = ("attention", "gated_attention", "mean", "max")
@@ -245,6 +246,9 @@ class TrainConfig:
                                             # weak at 24 labels sd 0.14 -> 0.05 over 8 seeds, mean 0.85 -> 0.92)
     lr_factors: tuple[float, ...] = (0.3, 1.0, 3.0)  # learning rates tried (x lr), chosen on validation labels only
     label_noise: str = ""                   # bought labels' noise, e.g. "exam=0.90/0.97" (ich.noise); "" = clean
+    acquisition: str = "random"             # how the budget is bought (ich.acquire): random (one stratified draw) |
+                                            # uncertainty | coreset (in `rounds` rounds, from the labels bought so far)
+    rounds: int = 3                         # acquisition rounds (a seed set, then rounds-1 chosen by the strategy)
     exams_per_step: int = 4                 # weak/mixed: bags per optimiser step (padded + masked)
     slices_per_step: int = 32               # strong: slices per optimiser step
     bag_min_slices: int | None = 10         # weak bag augmentation: keep k ~ randint(min, S) slices; None = off
@@ -293,6 +297,8 @@ class TrainConfig:
         if not isinstance(self.augment, bool):
             raise ValueError(f"train.augment must be true or false, not {self.augment!r}")
         object.__setattr__(self, "label_noise", noise.parse(self.label_noise).spec)   # normalised ("" when clean)
+        check_choice("train.acquisition", self.acquisition, ACQUISITIONS)
+        _check_number("train.rounds", self.rounds, lo=1, integer=True)
         if self.supervision == "mixed" and self.budget is not None and not 0.0 < self.slice_fraction < 1.0:
             raise ValueError(f"train.slice_fraction must be strictly between 0 and 1 for mixed supervision "
                              f"(0 is weak, 1 is strong), not {self.slice_fraction!r}")
@@ -317,6 +323,20 @@ class RunConfig(JsonConfig):
         _check_number("seed", self.seed, lo=0, integer=True)
         if not isinstance(self.preset, str):
             raise ValueError(f"preset must be a string, not {self.preset!r}")
+        t = self.train
+        if t.acquisition != "random":
+            if t.supervision == "mixed":
+                raise ValueError("train.acquisition applies to weak (exam labels) or strong (slice labels) runs; mixed "
+                                 "buys both kinds at once: use train.acquisition=random for mixed")
+            if self.model.finetune != "none":
+                raise ValueError(f"train.acquisition={t.acquisition} scores the pool from cached embeddings of a frozen "
+                                 "encoder: start from an encoder file with model.finetune=none (the quick study's "
+                                 "setting), or use train.acquisition=random")
+            if t.rounds < 2:
+                raise ValueError(f"train.acquisition={t.acquisition} needs train.rounds of at least 2 (a seed set, then "
+                                 "a round chosen by the strategy)")
+            if t.budget is None:
+                raise ValueError(f"train.acquisition={t.acquisition} buys a budget in rounds: give train.budget")
         if self.model.encoder == "resnet18" and len(self.data.windows) not in (1, 3):
             raise ValueError(f"the resnet18 encoder takes 1 window (replicated to RGB, as the reference) or 3 "
                              f"windows, not {len(self.data.windows)} ({list(self.data.windows)}); "

@@ -116,6 +116,8 @@ def study_argv(spec, out: str | Path) -> list[str]:
         argv += ["--finetune", spec.finetune]
     if spec.name:
         argv += ["--name", spec.name]
+    if tuple(spec.acquisition) != ("random",):
+        argv += ["--acquisition", ",".join(spec.acquisition)]
     if tuple(spec.label_noise) != ("",):
         for n in spec.label_noise:
             argv += ["--label-noise", n or "clean"]

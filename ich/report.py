@@ -116,7 +116,7 @@ def build_report(study: str | os.PathLike, *, cost: CostModel | None = None, tar
             best = aggregate.groupby("arm")[metric].max().max()
             targets = sorted({t for t in (round(float(best) - 0.02, 3), round(float(best), 3)) if 0 < t <= 1})
     targets = list(targets or [])
-    arms = {a: (s, f, n) for a, s, f, n in spec.arm_table}
+    arms = {a: (s, f, n) for a, s, f, n, _ in spec.arm_table}
 
     figs: list[str] = []
 

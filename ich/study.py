@@ -11,7 +11,8 @@ Layout of a study folder::
     summary.csv      one row per cell, then one per (arm, budget) with the mean and 95% CI over seeds;
                      ``validation`` (paid | none | free), ``train_labels``, ``val_labels`` and
                      ``labels_counted`` (= train + validation labels: what the planner prices),
-                     ``label_noise`` (the arm's noise model, ``ich.noise``; empty = clean labels)
+                     ``label_noise`` (the arm's noise model, ``ich.noise``; empty = clean labels),
+                     ``acquisition`` (how the arm bought its labels, ``ich.acquire``)
     runs/<cell>/     the run folders, named ``<arm>-m<budget>-s<seed>`` (arm: weak, strong, mixed-f0.25, weak-exam-sens90-spec97)
 
 Cells are ordered seed-major: every budget of every arm gets seed 0 before any gets seed 1,
@@ -111,6 +112,8 @@ class StudyConfig(JsonConfig):
     name: str = ""                                     # informational
     label_noise: tuple[str, ...] = ("",)               # noise models of the bought labels (ich.noise specs; "" = clean):
                                                        # one arm per (supervision, noise) that the noise touches
+    acquisition: tuple[str, ...] = ("random",)         # how each arm buys its budget (ich.acquire): one arm per strategy
+                                                       # for weak and strong (mixed arms buy at random)
 
     def __post_init__(self):
         if not isinstance(self.dataset, str):
@@ -127,6 +130,11 @@ class StudyConfig(JsonConfig):
         if len(set(specs)) != len(specs):
             raise ValueError(f"study.label_noise names one noise model twice: {list(self.label_noise)}")
         object.__setattr__(self, "label_noise", specs)
+        from ich.config import ACQUISITIONS
+
+        object.__setattr__(self, "acquisition", _as_tuple("acquisition", self.acquisition, str))
+        for a in self.acquisition:
+            check_choice("study.acquisition entry", a, ACQUISITIONS)
         if "mixed" in self.supervisions:
             bad = [f for f in self.slice_fractions if not 0.0 < f < 1.0]
             if bad:
@@ -148,7 +156,7 @@ class StudyConfig(JsonConfig):
                 from err
         for key, _ in pairs:
             if key in ("train.supervision", "train.budget", "seed", "train.slice_fraction", "data.dataset",
-                       "train.label_noise"):
+                       "train.label_noise", "train.acquisition"):
                 raise ValueError(f"study.overrides must not set {key!r}: the study grid sets it per cell")
         object.__setattr__(self, "overrides", pairs)
         _check_number("study.pixel_slices", self.pixel_slices, lo=0, integer=True)
@@ -157,25 +165,29 @@ class StudyConfig(JsonConfig):
 
     # -------------------------------------------------------------- views
     @property
-    def arm_table(self) -> list[tuple[str, str, float | None, str]]:
-        """(arm name, supervision, slice fraction or None, label noise spec) in plotting order.
+    def arm_table(self) -> list[tuple[str, str, float | None, str, str]]:
+        """(arm name, supervision, slice fraction or None, label noise spec, acquisition) in plotting order.
 
         A noise model makes its own arm (``weak-exam-sens90-spec97``) only where it touches a label kind the
         arm buys (weak: exam labels, strong: slice labels, mixed: both); elsewhere the arm is the clean one.
+        An acquisition strategy other than random makes its own arm (``weak-uncertainty``) for weak and strong.
         """
         from ich import noise
 
         out: dict[str, tuple] = {}
-        for spec in self.label_noise:
-            n = noise.parse(spec)
-            for s in self.supervisions:
-                kinds = {"weak": ("exam",), "strong": ("slice",)}.get(s, ("exam", "slice"))
-                touched = [k for k in kinds if getattr(n, k) != (1.0, 1.0)]
-                applied = noise.LabelNoise(**{k: getattr(n, k) for k in touched})
-                suffix = f"-{applied.tag}" if touched else ""
-                for name, frac in ([(f"mixed-f{f:g}", float(f)) for f in self.slice_fractions] if s == "mixed"
-                                   else [(s, None)]):
-                    out.setdefault(name + suffix, (name + suffix, s, frac, applied.spec))
+        for strategy in self.acquisition:
+            for spec in self.label_noise:
+                n = noise.parse(spec)
+                for s in self.supervisions:
+                    if strategy != "random" and s == "mixed":
+                        continue
+                    kinds = {"weak": ("exam",), "strong": ("slice",)}.get(s, ("exam", "slice"))
+                    touched = [k for k in kinds if getattr(n, k) != (1.0, 1.0)]
+                    applied = noise.LabelNoise(**{k: getattr(n, k) for k in touched})
+                    suffix = (f"-{applied.tag}" if touched else "") + (f"-{strategy}" if strategy != "random" else "")
+                    for name, frac in ([(f"mixed-f{f:g}", float(f)) for f in self.slice_fractions] if s == "mixed"
+                                       else [(s, None)]):
+                        out.setdefault(name + suffix, (name + suffix, s, frac, applied.spec, strategy))
         return list(out.values())
 
     @property
@@ -193,7 +205,7 @@ class StudyConfig(JsonConfig):
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["overrides"] = {k: _thaw(v) for k, v in self.overrides}
-        for k in ("supervisions", "budgets", "seeds", "slice_fractions", "label_noise"):
+        for k in ("supervisions", "budgets", "seeds", "slice_fractions", "label_noise", "acquisition"):
             d[k] = list(d[k])
         return d
 
@@ -236,6 +248,13 @@ STUDY_PRESETS: dict[str, dict] = {
         # and "majority of three" can be compared at equal cost. Fast path, as quick
         "supervisions": ["weak"], "budgets": [16, 32, 48, 64, 96, 144, 192], "seeds": list(range(5)),
         "label_noise": ["", "exam=0.95/0.95", "exam=0.9/0.9", "exam=0.8/0.8"],
+        "preset": "default", "init": "auto", "finetune": "none", "pixel_slices": 0, "overrides": {},
+    },
+    "acquisition": {
+        # which exams or slices to buy: random (the reference's stratified draw) vs uncertainty vs coreset
+        # (ich.acquire; 3 rounds: a seed set, then two rounds chosen by the strategy). Fast path, as quick
+        "supervisions": ["weak", "strong"], "budgets": [12, 24, 48, 96, 192], "seeds": list(range(3)),
+        "acquisition": ["random", "uncertainty", "coreset"],
         "preset": "default", "init": "auto", "finetune": "none", "pixel_slices": 0, "overrides": {},
     },
     "tiny": {  # tests: pass dataset and init
@@ -286,6 +305,7 @@ class Cell:
     seed: int
     slice_fraction: float | None  # mixed only
     label_noise: str = ""         # noise model of the bought labels (ich.noise spec; "" = clean)
+    acquisition: str = "random"   # how the budget is bought (ich.acquire)
 
     @property
     def name(self) -> str:
@@ -304,8 +324,8 @@ def plan_cells(spec: StudyConfig) -> list[Cell]:
             seeds = spec.seeds_for(budget)
             if k >= len(seeds):
                 continue
-            for arm, sup, frac, noise_spec in spec.arm_table:
-                cells.append(Cell(arm, sup, budget, seeds[k], frac, noise_spec))
+            for arm, sup, frac, noise_spec, strategy in spec.arm_table:
+                cells.append(Cell(arm, sup, budget, seeds[k], frac, noise_spec, strategy))
     return cells
 
 
@@ -332,6 +352,8 @@ def cell_config(spec: StudyConfig, cell: Cell):
     overrides = {k: _thaw(v) for k, v in spec.overrides}
     if cell.label_noise:
         overrides["train.label_noise"] = cell.label_noise
+    if cell.acquisition != "random":
+        overrides["train.acquisition"] = cell.acquisition
     return run_config(spec.dataset, supervision=cell.supervision, budget=cell.budget, seed=cell.seed,
                       slice_fraction=cell.slice_fraction, preset=spec.preset, init=spec.init, finetune=spec.finetune,
                       overrides=overrides)
@@ -802,7 +824,7 @@ def _notify(fn, progress: dict) -> None:
 
 
 # ------------------------------------------------------------------------------ summary
-CELL_COLUMNS = ["row", "arm", "supervision", "slice_fraction", "label_noise", "budget", "seed", "n_seeds", "n_labels", "validation",
+CELL_COLUMNS = ["row", "arm", "supervision", "slice_fraction", "label_noise", "acquisition", "budget", "seed", "n_seeds", "n_labels", "validation",
                 "train_labels", "val_labels", "val_label_kind", "labels_counted", "lr", "state",
                 "exam_auc", "exam_auc_ci_low", "exam_auc_ci_high", "slice_auc", "slice_auc_ci_low",
                 "slice_auc_ci_high", "sequence_f1", "sequence_f1_ci_low", "sequence_f1_ci_high", "pixel_dice",
@@ -823,7 +845,7 @@ def cell_row(study: str | os.PathLike, cell: Cell) -> dict:
     d = cell_dir(study, cell)
     nan = float("nan")
     row = {"row": "cell", "arm": cell.arm, "supervision": cell.supervision, "slice_fraction": cell.slice_fraction,
-           "label_noise": cell.label_noise, "budget": cell.budget, "seed": cell.seed, "n_seeds": 1, "n_labels": nan, "validation": "",
+           "label_noise": cell.label_noise, "acquisition": cell.acquisition, "budget": cell.budget, "seed": cell.seed, "n_seeds": 1, "n_labels": nan, "validation": "",
            "train_labels": nan, "val_labels": nan, "val_label_kind": "", "labels_counted": nan, "lr": nan,
            "state": cell_state(study, cell),
            **{c: nan for c in CELL_COLUMNS if c.startswith(STAT_COLUMNS)}, "seconds": nan, "run": str(d)}
@@ -884,7 +906,7 @@ def summarise_study(study: str | os.PathLike):
         first = grp.iloc[0]
         modes = sorted(set(grp["validation"]))
         r = {"row": "mean", "arm": arm, "supervision": first["supervision"], "slice_fraction": first["slice_fraction"],
-             "label_noise": first["label_noise"], "budget": int(budget), "seed": None, "n_seeds": int(len(grp)), "n_labels": grp["n_labels"].mean(),
+             "label_noise": first["label_noise"], "acquisition": first["acquisition"], "budget": int(budget), "seed": None, "n_seeds": int(len(grp)), "n_labels": grp["n_labels"].mean(),
              "validation": "+".join(modes), "train_labels": grp["train_labels"].mean(),
              "val_labels": grp["val_labels"].mean(), "val_label_kind": first["val_label_kind"],
              "labels_counted": grp["labels_counted"].mean(), "lr": float("nan"),

@@ -60,9 +60,9 @@ import torch.nn.functional as F
 
 from ich import distributed, noise, runs
 from ich.config import REFERENCE_ALPHA, RunConfig
-from ich.data import (BagDataset, EmbeddingBagDataset, EmbeddingSliceDataset, HeldOut, SliceDataset, VolumeCache,
-                      collate_bags, collate_slices, epoch_order, exam_slice_labels, hold_out_validation, make_augment,
-                      select_labels)
+from ich.data import (BagDataset, EmbeddingBagDataset, EmbeddingSliceDataset, HeldOut, LabelSubset, SliceDataset,
+                      VolumeCache, collate_bags, collate_slices, epoch_order, exam_slice_labels, hold_out_validation,
+                      make_augment, select_labels)
 from ich.models import MILModel, build_model, check_encoder_matches, state_checksum
 from ich.predict import autocast, resolve_device, resolve_precision, score_bags, summarize
 
@@ -143,7 +143,7 @@ def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, lr: float | None 
 
 # ------------------------------------------------------------------------------ fit
 def fit(cfg: RunConfig | None, run_dir: str | os.PathLike, on_progress: Callable[[dict], None] | None = None,
-        resume: bool = False) -> dict:
+        resume: bool = False, *, bought: LabelSubset | None = None, score_exams: list[str] | None = None) -> dict:
     """Train one run into ``run_dir`` and return its summary.
 
     Args:
@@ -153,6 +153,9 @@ def fit(cfg: RunConfig | None, run_dir: str | os.PathLike, on_progress: Callable
             "epochs", "progress" (0-1), ...}``; an exception it raises stops the run (marked failed).
         resume: continue a killed/failed/cancelled run from its checkpoint (same final result as an
             uninterrupted run); a finished run returns its summary.
+        bought: train on these labels instead of buying ``train.budget`` (an acquisition round, ``ich.acquire``).
+        score_exams: also score these exams (labels hidden) into ``predictions-pool.parquet`` (the pool an
+            acquisition strategy chooses from).
 
     Returns:
         {"state", "best_epoch", "epochs_run", "val_exam_auc", "val_slice_auc", "test_exam_auc",
@@ -171,10 +174,11 @@ def fit(cfg: RunConfig | None, run_dir: str | os.PathLike, on_progress: Callable
     else:
         runs.check_new_run(run_dir)
     with runs.writer_lock(run_dir):          # one writer per run: a second trainer is refused with our pid
-        return _fit_locked(cfg, run_dir, on_progress, resume)
+        return _fit_locked(cfg, run_dir, on_progress, resume, bought, score_exams)
 
 
-def _fit_locked(cfg: RunConfig | None, run_dir: Path, on_progress, resume: bool) -> dict:
+def _fit_locked(cfg: RunConfig | None, run_dir: Path, on_progress, resume: bool, bought=None,
+                score_exams=None) -> dict:
     """``fit`` once this process holds the run's writer lock."""
     if resume:
         saved = runs.read_config(run_dir)
@@ -192,7 +196,7 @@ def _fit_locked(cfg: RunConfig | None, run_dir: Path, on_progress, resume: bool)
     else:
         runs.create_run(run_dir, cfg)
     runs.clear_cancel(run_dir)
-    trainer = _Trainer(cfg, run_dir, on_progress)
+    trainer = _Trainer(cfg, run_dir, on_progress, bought=bought, score_exams=score_exams)
     try:
         return trainer.run(resume=resume and runs.has_checkpoint(run_dir))
     except Cancelled:
@@ -210,8 +214,10 @@ def _fit_locked(cfg: RunConfig | None, run_dir: Path, on_progress, resume: bool)
 class _Trainer:
     """State of one fit (kept out of ``fit`` so the loop reads top to bottom)."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, on_progress):
+    def __init__(self, cfg: RunConfig, run_dir: Path, on_progress, bought: LabelSubset | None = None,
+                 score_exams: list[str] | None = None):
         self.cfg, self.run_dir, self.on_progress = cfg, run_dir, on_progress
+        self.given, self.score_exams = bought, score_exams
         self.epoch = 0
         self._last_status = 0.0
 
@@ -227,8 +233,12 @@ class _Trainer:
         torch.manual_seed(cfg.seed)
         self.dataset = ds = open_dataset(cfg.data.dataset)
         self.input_size = int(cfg.data.input_size or ds.size)
-        self.bought = select_labels(ds.exams, ds.slices, supervision=t.supervision, budget=t.budget, seed=cfg.seed,
-                                    sampling=t.sampling, slice_fraction=t.slice_fraction)
+        self.model: MILModel = build_model(cfg).to(self.device)
+        self.fast = cfg.model.finetune == "none"
+        self.encoder_ref = None
+        if self.fast:
+            self._setup_embeddings()
+        self.bought = self._buy(ds)
         # the labels as bought (train.label_noise); training and paid validation read these, the test split
         # and a free validation split read the dataset's clean labels
         self.seen_exams, self.seen_slices = noise.apply(
@@ -238,16 +248,11 @@ class _Trainer:
         labels = self._labels_frame()
         self.wrong_labels = int((labels["label"] != labels["clean_label"]).sum())   # flipped by label noise
         runs.write_labels(self.run_dir, labels)
-        self.model: MILModel = build_model(cfg).to(self.device)
         self.forward = distributed.wrap(self.model, self.device)   # DDP under torchrun; model calls by name
-        self.fast = cfg.model.finetune == "none"
         self.channels_last = self.device.type == "cpu" and self.precision == "bf16" and not self.fast
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
             self.model.channels_last = True
-        self.encoder_ref = None
-        if self.fast:
-            self._setup_embeddings()
         self._setup_data()
         # every learning rate of the grid starts from these weights (the label-free schedule tries only lr)
         self.factors = t.lr_factors if self.held.mode != "none" else (1.0,)
@@ -256,6 +261,21 @@ class _Trainer:
         self.sched = make_scheduler(cfg, self.opt)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.exam_loss, self.slice_loss = make_loss(cfg, "exam"), make_loss(cfg, "slice")
+
+    def _buy(self, ds) -> LabelSubset:
+        """The labels this run buys: given (an acquisition round), one stratified draw (``random``), or bought in
+        rounds chosen by the strategy from the labels bought so far (``ich.acquire``)."""
+        t = self.cfg.train
+        if self.given is not None:
+            return self.given
+        if t.acquisition == "random":
+            return select_labels(ds.exams, ds.slices, supervision=t.supervision, budget=t.budget, seed=self.cfg.seed,
+                                 sampling=t.sampling, slice_fraction=t.slice_fraction)
+        from ich import acquire
+
+        return acquire.buy_in_rounds(self.cfg, self.run_dir, ds, self.embeddings, self.rows, fit=fit,
+                                     on_round=lambda k: self._report({"phase": "acquire", "round": k, "progress": 0.0},
+                                                                     force=True))
 
     def _set_validation_apart(self, ds):
         """(training labels, validation labels) per ``train.validation`` (see the module docstring)."""
@@ -334,10 +354,13 @@ class _Trainer:
             on_progress=lambda e: self._report({**e, "progress": 0.0}))
         self.encoder_ref = {"path": str(Path(cfg.model.init_path).resolve()),
                             "checksum": state_checksum(self.model.encoder)}
-        # standardise the head's inputs with statistics of every training-split slice (no label is read;
-        # select_labels has already refused a dataset without training exams)
+        # standardise the head's inputs with statistics of every training-split slice (no label is read)
         train_ids = self.dataset.exams.loc[self.dataset.exams["split"] == "train", "exam_id"]
-        rows = np.sort(np.concatenate([np.arange(*self.rows[e]) for e in train_ids if e in self.rows]))
+        spans = [np.arange(*self.rows[e]) for e in train_ids if e in self.rows]
+        if not spans:
+            raise ValueError(f"dataset {self.dataset.name} has no training-split exam; a run needs some to train on "
+                             "(re-import it with a split, see `python -m ich import --help`)")
+        rows = np.sort(np.concatenate(spans))
         self.model.norm.fit_stats(torch.from_numpy(np.asarray(self.embeddings[rows], dtype=np.float32)))
 
     def _setup_data(self) -> None:
@@ -517,13 +540,20 @@ class _Trainer:
                    "train_labels": self.subset.n_labels, "validation": self.held.mode,
                    "val_labels": self.held.n_labels, "val_label_kind": self.held.kind,
                    "lr": t.lr * factor, "lr_factor": factor, "selection": self.selection(best),
-                   "label_noise": t.label_noise, "wrong_labels": self.wrong_labels,
+                   "label_noise": t.label_noise, "wrong_labels": self.wrong_labels, "acquisition": t.acquisition,
                    "supervision": t.supervision, "budget": t.budget, "seed": cfg.seed,
                    "device": str(self.device), "precision": self.precision}
         if self.eval_sets["val"] is not None:    # kept so cutoffs are fixed on validation, never on test
             pred = score_bags(self.model, self.eval_sets["val"], supervision=t.supervision, device=self.device,
                               precision=self.precision, split="val")
             runs.write_predictions(self.run_dir, pred, name=runs.SELECTION_PREDICTIONS)
+        if self.score_exams is not None:          # an acquisition round: the pool, scored with its labels hidden
+            pool = pd.DataFrame({"exam_id": list(self.score_exams), "label": np.nan})
+            loader = torch.utils.data.DataLoader(EmbeddingBagDataset(self.embeddings, self.rows, pool), batch_size=64,
+                                                 shuffle=False, collate_fn=collate_bags)
+            pred = score_bags(self.model, loader, supervision=t.supervision, device=self.device,
+                              precision=self.precision, split="train")
+            runs.write_predictions(self.run_dir, pred, name="pool")
         if self.eval_sets["test"] is not None:
             pred = score_bags(self.model, self.eval_sets["test"], supervision=t.supervision, device=self.device,
                               precision=self.precision, split="test")

@@ -59,6 +59,25 @@ else:
     label_noises = [noise.LabelNoise(exam=(1 - p / 100, 1 - p / 100), slice=(1 - p / 100, 1 - p / 100)).spec
                     for p in sorted(flipped)] or [""]
 
+st.subheader("Which labels to buy")
+ACQUISITION_WORDS = {"random": "at random (the reference study)", "uncertainty": "where the model is least sure",
+                     "coreset": "the most varied scans (coreset)"}
+ACQUISITION_HELP = ("random: one stratified draw. The others buy the budget in rounds: a random seed set, then each "
+                    "round the model trained on the labels bought so far picks the exams or slices it is least sure "
+                    "of (uncertainty), or the scans least like anything bought yet (coreset, from the frozen "
+                    "embeddings). Only labels already bought are ever read. Needs a pretrained encoder start; weak "
+                    "and strong only.")
+c = st.columns(2)
+if mode == "single run":
+    strategies = [c[0].selectbox("Buy", list(ACQUISITION_WORDS), format_func=ACQUISITION_WORDS.get,
+                                 key="train_acquisition", help=ACQUISITION_HELP)]
+else:
+    strategies = c[0].multiselect("Compare ways of choosing", list(ACQUISITION_WORDS), default=["random"],
+                                  format_func=ACQUISITION_WORDS.get, key="train_acquisitions",
+                                  help=ACQUISITION_HELP + " Each strategy is an arm of its own.") or ["random"]
+rounds = c[1].number_input("Rounds", 2, 20, RunConfig().train.rounds, key="train_rounds",
+                           disabled=strategies == ["random"], help="A seed set, then rounds - 1 chosen by the strategy.")
+
 encoders = sorted(str(p) for p in paths.encoders_dir().glob("*.pt"))
 c = st.columns(3)
 init = c[0].selectbox("Encoder start", ["auto", *encoders, "random"], key="train_init",
@@ -110,6 +129,9 @@ if init == "random":
     chosen["model.encoder"] = encoder
 if mode == "single run":
     chosen["train.label_noise"] = label_noises[0]
+    chosen["train.acquisition"] = strategies[0]
+if strategies != ["random"]:
+    chosen["train.rounds"] = int(rounds)
 overrides = recipe.changed_settings(chosen)      # only what differs from the recipe
 
 stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -135,7 +157,7 @@ try:
         budgets = [int(b) for b in budgets_text.split(",") if b.strip()]
         spec = make_study(None, dataset=dataset, supervisions=arms, budgets=budgets, seeds=list(range(int(n_seeds))),
                           slice_fractions=[slice_fraction], init=init, finetune="none" if init != "random" else None,
-                          overrides=overrides, label_noise=label_noises)
+                          overrides=overrides, label_noise=label_noises, acquisition=strategies)
         out = paths.studies_dir() / f"{stamp}-{'-'.join(arms)}"
         argv = recipe.study_argv(spec, out)
         with st.expander("Resolved study (what the study records in study.json)"):

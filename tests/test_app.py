@@ -122,6 +122,19 @@ def test_train_page_launches_label_noise_as_it_shows_it(app_data):
     assert [a for a, *_ in spec.arm_table] == ["weak", "strong", "weak-exam-sens90-spec90", "strong-slice-sens90-spec90"]
 
 
+def test_train_page_launches_acquisition_strategies_as_it_shows_them(app_data):
+    from ich.cli import build_parser
+    from ich.commands.study import build_spec
+
+    at = run_page(REPO / "pages" / "2_Train.py")
+    at.multiselect(key="train_acquisitions").set_value(["random", "coreset"]).run()
+    at.number_input(key="train_rounds").set_value(4).run()
+    assert not at.exception
+    spec = build_spec(build_parser().parse_args(shlex.split(at.code[0].value)[3:]))
+    assert spec.acquisition == ("random", "coreset") and dict(spec.overrides)["train.rounds"] == 4
+    assert [a for a, *_ in spec.arm_table] == ["weak", "strong", "weak-coreset", "strong-coreset"]
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_dataset):
     """A tiny weak run, trained to completion on the tiny phantom (a few seconds)."""

@@ -100,7 +100,7 @@ def test_label_noise_makes_an_arm_only_where_it_touches_a_bought_label():
     spec = make_study("quick", dataset="/x", init="random", supervisions=["weak", "strong", "mixed"],
                       label_noise=["clean", "exam=0.9/0.97"])
     assert spec.label_noise == ("", "exam=0.9/0.97")
-    assert [(a, n) for a, _, _, n in spec.arm_table] == [
+    assert [(a, n) for a, _, _, n, _ in spec.arm_table] == [
         ("weak", ""), ("strong", ""), ("mixed-f0.5", ""), ("weak-exam-sens90-spec97", "exam=0.9/0.97"),
         ("mixed-f0.5-exam-sens90-spec97", "exam=0.9/0.97")]        # strong buys no exam label: no noisy twin
     cells = plan_cells(spec)
@@ -113,6 +113,29 @@ def test_label_noise_makes_an_arm_only_where_it_touches_a_bought_label():
         make_study("quick", dataset="/x", overrides={"train.label_noise": "exam=0.9/0.9"})
     with pytest.raises(ValueError, match="between 0.5 and 1"):
         make_study("quick", dataset="/x", label_noise=["exam=0.2/0.9"])
+
+
+def test_acquisition_strategies_make_weak_and_strong_arms():
+    spec = make_study("acquisition", dataset="/x", init="random", supervisions=["weak", "strong", "mixed"])
+    assert [(a, s) for a, _, _, _, s in spec.arm_table] == [
+        ("weak", "random"), ("strong", "random"), ("mixed-f0.5", "random"), ("weak-uncertainty", "uncertainty"),
+        ("strong-uncertainty", "uncertainty"), ("weak-coreset", "coreset"), ("strong-coreset", "coreset")]
+    assert {c.acquisition for c in plan_cells(spec) if c.arm == "strong-coreset"} == {"coreset"}
+    assert StudyConfig.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    with pytest.raises(ValueError, match="uncertainty"):
+        make_study("quick", dataset="/x", acquisition=["entropy"])
+    with pytest.raises(ValueError, match="train.acquisition"):
+        make_study("quick", dataset="/x", overrides={"train.acquisition": "coreset"})
+
+
+def test_an_acquisition_arm_runs_as_a_study_cell(tiny_dataset, encoder_file, tmp_path):
+    spec = make_study("tiny", dataset=str(tiny_dataset), init=str(encoder_file), supervisions=["weak"], budgets=[8],
+                      seeds=[0], acquisition=["random", "uncertainty"], pixel_slices=0,
+                      overrides={"train.rounds": 2, "train.epochs": 2})
+    cells, _ = run_study(spec, tmp_path / "s", executor="inline")
+    assert list(cells["arm"]) == ["weak", "weak-uncertainty"] and (cells["state"] == "done").all()
+    assert list(cells["acquisition"]) == ["random", "uncertainty"] and (cells["n_labels"] == 8).all()
+    assert (tmp_path / "s" / "runs" / "weak-uncertainty-m8-s0" / "rounds" / "round-1").is_dir()
 
 
 def test_a_noisy_arm_trains_on_noisy_labels_and_is_summarised_as_such(tiny_dataset, encoder_file, tmp_path):

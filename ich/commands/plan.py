@@ -37,7 +37,7 @@ def run(args) -> int:
         raise RuntimeError(f"study {args.study} has no finished cell yet; wait for `python -m ich study` to finish some")
     observed = cheapest_plan(aggregate, cost, args.target, criterion=args.criterion, metric=args.metric)
     fits = fit_study_curves(cells, metric=args.metric)
-    fitted = fitted_plans(fits, {a: (s, f, n) for a, s, f, n in spec.arm_table}, cost, args.target)
+    fitted = fitted_plans(fits, {a: (s, f, n) for a, s, f, n, _ in spec.arm_table}, cost, args.target)
     robust = None
     if has_robustness(args.study):   # the study was run with --robustness: does the answer survive the variants?
         robust = study_verdict(args.study, cost, args.target, criterion=args.criterion, metric=args.metric)

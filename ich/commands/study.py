@@ -28,7 +28,7 @@ def _csv(kind):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="study folder (new, or an unfinished study with the same spec)")
-    p.add_argument("--preset", help="study preset: quick | noise | tiny | reference (fields below override it)")
+    p.add_argument("--preset", help="study preset: quick | noise | acquisition | tiny | reference (fields below override it)")
     p.add_argument("--dataset", help="dataset folder (default with --preset quick: data/datasets/phantom)")
     p.add_argument("--supervision", type=_csv(str), help="arms, comma-separated: weak,strong[,mixed]")
     p.add_argument("--budgets", type=_csv(int), help="label budgets, comma-separated (e.g. 12,24,48,96,192)")
@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", help="auto | random | ENCODER_PATH | imagenet:PATH: the encoder every cell starts from")
     p.add_argument("--finetune", help="none (cached embeddings) | partial | all (default from --init)")
     p.add_argument("--pixel-slices", type=int, help="lesion slices per cell scored for pixel Dice (0: off)")
+    p.add_argument("--acquisition", type=_csv(str), help="how each arm buys its labels, comma-separated: random "
+                   "(default), uncertainty, coreset (ich.acquire; rounds: --set train.rounds=N, default 3)")
     p.add_argument("--label-noise", action="append", metavar="SPEC",
                    help="repeatable: one arm per noise model of the bought labels, e.g. --label-noise clean "
                         "--label-noise exam=0.95/0.95 (sensitivity/specificity; ich.noise). Test labels stay clean")
@@ -85,7 +87,7 @@ def build_spec(args):
     if args.validation:
         overrides["train.validation"] = args.validation
     dataset = args.dataset
-    if not dataset and args.preset in ("quick", "noise"):
+    if not dataset and args.preset in ("quick", "noise", "acquisition"):
         dataset = str(datasets_dir() / "phantom")
         if not Path(dataset).is_dir():
             raise FileNotFoundError(f"--preset {args.preset} without --dataset uses {dataset}, which does not exist; create "
@@ -95,7 +97,8 @@ def build_spec(args):
     return make_study(args.preset, dataset=dataset, supervisions=args.supervision, budgets=args.budgets, seeds=seeds,
                       slice_fractions=args.slice_fractions, repeats=args.repeats, preset=args.run_preset,
                       init=args.init, finetune=args.finetune, pixel_slices=args.pixel_slices, overrides=overrides,
-                      name=args.name, label_noise=args.label_noise)
+                      name=args.name, label_noise=args.label_noise,
+                      acquisition=args.acquisition)
 
 
 def run(args) -> int:

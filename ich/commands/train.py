@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validation", help="paid (default: model selection on a share of the budget's own labels, "
                                         "counted) | free (the fully labelled val split, as the reference; not in "
                                         "the budget, added to the planner's cost)")
+    p.add_argument("--acquisition", help="random (default: one stratified draw) | uncertainty | coreset: buy the "
+                   "budget in rounds chosen from the labels bought so far (ich.acquire; needs an encoder file)")
+    p.add_argument("--rounds", type=int, help="acquisition rounds (default 3)")
     p.add_argument("--label-noise", help="noise of the bought labels as a fallible reader gives them, e.g. "
                    "exam=0.90/0.97 (sensitivity/specificity; add ,slice=S/P); default clean. Test labels stay clean")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -60,7 +63,8 @@ def build_config(args):
              "model.attention_activation": args.attention_activation, "data.input_size": args.input_size,
              "train.epochs": args.epochs, "train.loss": args.loss, "train.device": args.device,
              "train.threads": args.threads, "train.sampling": args.sampling, "train.validation": args.validation,
-             "train.label_noise": args.label_noise}
+             "train.label_noise": args.label_noise, "train.acquisition": args.acquisition,
+             "train.rounds": args.rounds}
     if args.windows:
         flags["data.windows"] = [w.strip() for w in args.windows.split(",") if w.strip()]
     flags = {k: v for k, v in flags.items() if v is not None}

@@ -1,0 +1,159 @@
+"""Active acquisition (ich.acquire): label-free choices, exact round sizes, seeded and resumable rounds."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from _blobs import write_blob_dataset
+from ich import acquire, runs
+from ich.config import with_overrides
+from ich.recipe import run_config
+from ich.train import fit
+
+
+# ------------------------------------------------------------------------------ pure choices
+def test_round_sizes_end_at_the_budget_and_refuse_empty_rounds():
+    assert acquire.round_sizes(12, 3) == [4, 8, 12]
+    assert acquire.round_sizes(10, 3) == [3, 7, 10]
+    assert acquire.round_sizes(5, 5) == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="at most 3"):
+        acquire.round_sizes(3, 4)
+
+
+def test_uncertainty_buys_the_scores_closest_to_one_half():
+    cand = pd.DataFrame({"exam_id": list("abcdef")})
+    scores = np.array([0.99, 0.48, 0.02, 0.6, np.nan, 0.3])
+    got = acquire.next_batch("uncertainty", 2, candidates=cand, scores=scores)
+    assert sorted(got["exam_id"]) == ["b", "e"]            # |0.48 - 0.5| and an unscored item (treated as 0.5)
+    assert sorted(acquire.next_batch("uncertainty", 3, candidates=cand, scores=scores)["exam_id"]) == ["b", "d", "e"]
+
+
+def test_coreset_buys_the_points_farthest_from_everything_bought():
+    cand = pd.DataFrame({"exam_id": ["near", "far", "middle", "far2"]})
+    x = np.array([[0.1, 0.0], [10.0, 0.0], [5.0, 0.0], [10.0, 0.5]])
+    got = acquire.next_batch("coreset", 2, candidates=cand, features=x, owned_features=np.zeros((1, 2)))
+    # first pick: far2 (distance 10.01); then "far" is 0.5 from it while "middle" is 5 from everything
+    assert sorted(got["exam_id"]) == ["far2", "middle"]
+    with pytest.raises(ValueError, match="left in the pool"):
+        acquire.next_batch("coreset", 5, candidates=cand, features=x, owned_features=np.zeros((1, 2)))
+
+
+def test_the_seed_set_is_seeded_and_reads_no_label():
+    items = pd.DataFrame({"exam_id": [f"E{i}" for i in range(30)]})
+    a, b, c = (acquire.seed_set(items, 5, s) for s in (0, 0, 1))
+    assert a.equals(b) and not a.equals(c) and len(a) == 5
+
+
+# ------------------------------------------------------------------------------ runs
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A 40-exam blob dataset and a random frozen encoder (the fast path acquisition needs)."""
+    from ich.models import build_encoder, save_encoder
+
+    root = tmp_path_factory.mktemp("acquire")
+    ds = root / "ds"
+    write_blob_dataset(ds, 40, seed=5, size=64, slices=(8, 12), contrast=60.0, noise=5.0, radius=0.1,
+                       split=(0.6, 0.2, 0.2))
+    torch.manual_seed(0)
+    enc = save_encoder(root / "enc.pt", build_encoder("compact", in_channels=1, embed_dim=32, width=16),
+                       {"windows": ["brain"], "input_size": 64})
+    return ds, enc
+
+
+def config(ds, enc, strategy, supervision="weak", budget=12, rounds=3):
+    return run_config(str(ds), supervision=supervision, budget=budget, seed=3, preset="tiny", init=str(enc),
+                      overrides={"train.acquisition": strategy, "train.rounds": rounds, "train.epochs": 2,
+                                 "train.lr_factors": [1.0], "train.threads": 1, "train.validation": "paid",
+                                 "train.val_min_per_class": 2})
+
+
+def bought(run) -> list[tuple]:
+    lab = runs.read_labels(run)
+    return sorted(zip(lab["kind"], lab["exam_id"], lab["index"].fillna(-1).astype(int)))
+
+
+@pytest.mark.parametrize("strategy, supervision, budget", [("uncertainty", "weak", 12), ("uncertainty", "strong", 30),
+                                                          ("coreset", "weak", 12), ("coreset", "strong", 30)])
+def test_strategies_never_see_a_label_they_did_not_buy(setup, tmp_path, strategy, supervision, budget):
+    """Scramble every label of the training split that the run did not buy: the purchase is the same."""
+    ds, enc = setup
+    out = fit(config(ds, enc, strategy, supervision, budget), tmp_path / "a")
+    assert out["state"] == "done" and out["n_labels"] == budget and out["acquisition"] == strategy
+    got = bought(tmp_path / "a")
+    assert len(got) == budget
+    scrambled = tmp_path / "scrambled"
+    shutil.copytree(ds, scrambled)
+    ex, sl = pd.read_parquet(scrambled / "exams.parquet"), pd.read_parquet(scrambled / "slices.parquet")
+    mine_exams = {e for _, e, _ in got}
+    mine_slices = {(e, i) for k, e, i in got if k == "slice"}
+    train = ex["split"] == "train"
+    if supervision == "weak":
+        hidden = train & ~ex["exam_id"].isin(mine_exams)
+        ex.loc[hidden, "label"] = 1 - ex.loc[hidden, "label"]
+        sl["label"] = 1 - sl["label"]                 # a weak run buys no slice label at all
+    else:
+        ex.loc[train, "label"] = 1 - ex.loc[train, "label"]   # a strong run buys no exam label
+        key = list(zip(sl["exam_id"], sl["index"].astype(int)))
+        hidden = np.array([k not in mine_slices for k in key]) & sl["exam_id"].isin(set(ex.loc[train, "exam_id"]))
+        sl.loc[hidden, "label"] = 1 - sl.loc[hidden, "label"]
+    ex.to_parquet(scrambled / "exams.parquet", index=False)
+    sl.to_parquet(scrambled / "slices.parquet", index=False)
+    fit(with_overrides(config(ds, enc, strategy, supervision, budget), {"data.dataset": str(scrambled)}),
+        tmp_path / "b")
+    assert bought(tmp_path / "b") == got
+    rounds = sorted(p.name for p in (tmp_path / "a" / acquire.ROUNDS_DIR).glob("round-*")) \
+        if (tmp_path / "a" / acquire.ROUNDS_DIR).is_dir() else []
+    assert rounds == (["round-1", "round-2"] if strategy == "uncertainty" else [])   # coreset needs no model
+    if strategy == "uncertainty":     # each round trained on exactly the labels owned by then
+        assert [runs.read_status(tmp_path / "a" / "rounds" / r)["summary"]["n_labels"] for r in rounds] == \
+            acquire.round_sizes(budget, 3)[:2]
+
+
+def test_rounds_are_seeded_and_a_rerun_retrains_no_finished_round(setup, tmp_path):
+    ds, enc = setup
+    cfg = config(ds, enc, "uncertainty")
+    from ich.store import open_dataset
+    from ich.train import _Trainer
+
+    t = _Trainer(cfg, tmp_path / "run", None)
+    t.cfg, t.dataset = cfg, open_dataset(ds)
+    t.device, t.precision, t.input_size = torch.device("cpu"), "fp32", 64
+    from ich.models import build_model
+
+    t.model, t.fast = build_model(cfg), True
+    t._setup_embeddings()
+    (tmp_path / "run").mkdir()
+    first = acquire.buy_in_rounds(cfg, tmp_path / "run", t.dataset, t.embeddings, t.rows, fit=fit)
+    finished = {r: runs.read_status(tmp_path / "run" / "rounds" / r)["finished"] for r in ("round-1", "round-2")}
+    trained = []
+
+    def spy(*args, **kw):
+        out = fit(*args, **kw)
+        trained.append(out.get("train_seconds"))
+        return out
+
+    again = acquire.buy_in_rounds(cfg, tmp_path / "run", t.dataset, t.embeddings, t.rows, fit=spy)
+    assert again.exam_ids == first.exam_ids and len(trained) == 2
+    assert {r: runs.read_status(tmp_path / "run" / "rounds" / r)["finished"] for r in finished} == finished
+    other = acquire.buy_in_rounds(with_overrides(cfg, {"seed": 4}), tmp_path / "other", t.dataset, t.embeddings,
+                                  t.rows, fit=fit)
+    assert other.exam_ids != first.exam_ids
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"train.acquisition": "coreset", "model.finetune": "all"}, "finetune=none"),
+    ({"train.acquisition": "uncertainty", "train.rounds": 1}, "at least 2"),
+    ({"train.acquisition": "entropy"}, "uncertainty"),
+])
+def test_settings_that_cannot_run_name_the_fix(setup, overrides, words):
+    ds, enc = setup
+    with pytest.raises(ValueError, match=words):
+        run_config(str(ds), supervision="weak", budget=12, init=str(enc), overrides=overrides)
+    with pytest.raises(ValueError, match="mixed"):
+        run_config(str(ds), supervision="mixed", budget=12, slice_fraction=0.5, init=str(enc),
+                   overrides={"train.acquisition": "coreset"})
