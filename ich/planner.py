@@ -341,3 +341,71 @@ def _numeric(series):
     import pandas as pd
 
     return pd.to_numeric(series, errors="coerce")
+
+
+def choice_effects(aggregate: pd.DataFrame, cost: CostModel, target_auc: float, *, criterion: str = "mean",
+                   metric: str = "exam_auc") -> list[str]:
+    """One sentence per arm that changed *how* labels are bought (a noisy source, an acquisition strategy): how
+    much that choice moved the cheapest observed cost of reaching ``target_auc`` against the same learner with
+    clean labels bought at random. Empty when the study has no such arm (or no such baseline)."""
+    from ich import noise
+
+    check_choice("criterion", criterion, CRITERIA)
+    df = plan_table(aggregate, cost)
+    col = metric if criterion == "mean" else f"{metric}_ci_low"
+    if col not in df.columns:
+        return []
+    noise_of = df["label_noise"].map(_text) if "label_noise" in df.columns else _constant(df, "")
+    strategy_of = (df["acquisition"].map(lambda v: v if isinstance(v, str) and v else "random")
+                   if "acquisition" in df.columns else _constant(df, "random"))
+    df = df.assign(_noise=noise_of, _strategy=strategy_of,
+                   _frac=[_frac(f) if _frac(f) is not None else -1.0 for f in df["slice_fraction"]])
+
+    def cheapest(grp):
+        ok = grp[_numeric(grp[col]) >= target_auc]
+        return None if ok.empty else ok.sort_values(["cost", metric], ascending=[True, False]).iloc[0]
+
+    out = []
+    for arm, grp in df.groupby("arm", sort=False):
+        first = grp.iloc[0]
+        if not first["_noise"] and first["_strategy"] == "random":
+            continue
+        base = df[(df["supervision"] == first["supervision"]) & (df["_frac"] == first["_frac"])
+                  & (df["_noise"] == "") & (df["_strategy"] == "random")]
+        if base.empty:
+            continue
+        choice = []
+        if first["_noise"]:
+            choice.append(f"noisy labels ({noise.parse(first['_noise']).words()}, "
+                          f"{cost.seconds_per_noisy_label:g} s each)")
+        if first["_strategy"] != "random":
+            choice.append(f"buying by {first['_strategy']}")
+        what = {"weak": "exam labels", "strong": "slice labels"}.get(str(first["supervision"]), "labels")
+        a, b = cheapest(grp), cheapest(base)
+        name, base_name = str(arm), str(base["arm"].iloc[0])
+        rule = "mean" if criterion == "mean" else "lower 95% CI bound"
+        if a is not None and b is not None:
+            delta = float(a["cost"]) - float(b["cost"])
+            moved = ("saves " if delta < 0 else "costs ") + f"{abs(delta):,.0f} {cost.currency}" + \
+                (" more" if delta > 0 else "") if abs(delta) >= 0.5 else "leaves the cost unchanged"
+            out.append(f"{name} ({' and '.join(choice)}): AUC {target_auc:.2f} ({rule}) at {float(a['budget']):,.0f} "
+                       f"{what} ({float(a['cost']):,.0f} {cost.currency}) against {float(b['budget']):,.0f} for "
+                       f"{base_name} ({float(b['cost']):,.0f} {cost.currency}): the choice {moved}.")
+        elif a is not None:
+            out.append(f"{name} ({' and '.join(choice)}) reaches AUC {target_auc:.2f} ({rule}) at "
+                       f"{float(a['budget']):,.0f} {what} ({float(a['cost']):,.0f} {cost.currency}); {base_name} does "
+                       "not within the study's budgets.")
+        elif b is not None:
+            out.append(f"{name} ({' and '.join(choice)}) does not reach AUC {target_auc:.2f} ({rule}) within the "
+                       f"study's budgets; {base_name} does at {float(b['budget']):,.0f} {what} "
+                       f"({float(b['cost']):,.0f} {cost.currency}).")
+        else:
+            out.append(f"Neither {name} ({' and '.join(choice)}) nor {base_name} reaches AUC {target_auc:.2f} "
+                       f"({rule}) within the study's budgets.")
+    return out
+
+
+def _constant(df, value):
+    import pandas as pd
+
+    return pd.Series([value] * len(df), index=df.index)

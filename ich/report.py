@@ -21,7 +21,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from ich.planner import CostModel, arm_outcomes, cheapest_plan, fitted_plans, plan_table
+from ich.planner import CostModel, arm_outcomes, cheapest_plan, choice_effects, fitted_plans, plan_table
 from ich.results import noise_note, validation_note
 
 REFERENCE_RATIO = 35  # paper-protocol.md §9.1: weak learners on all of RSNA needed ~35x fewer labels
@@ -155,6 +155,7 @@ def build_report(study: str | os.PathLike, *, cost: CostModel | None = None, tar
         line.append("cheapest observed plan: " + (html.escape(plan.sentence().replace("**", "")) if plan
                                                    else "none reaches it"))
         line += [html.escape(a) for a in arm_outcomes(aggregate, fits, cost, t, metric=metric)]
+        line += [html.escape(a) for a in choice_effects(aggregate, cost, t, metric=metric)] if len(aggregate) else []
         key.append(f"<li><b>{html.escape(metric)} {t:.3f}</b>: " + "; ".join(line) + "</li>")
     parts.append("<h2>The answer</h2><div class='key'><p>" + html.escape(validation_note(cells))
                  + (f" {html.escape(noise_note(cells))}" if noise_note(cells) else "") + "</p><ul>"

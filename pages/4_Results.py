@@ -8,7 +8,7 @@ import streamlit as st
 from ich import paths
 from ich.curves import PowerLawFit, fit_study_curves, label_ratio
 from ich.figures import learning_curve_figure, roc_figure
-from ich.planner import CostModel, arm_outcomes, cheapest_plan
+from ich.planner import CostModel, arm_outcomes, cheapest_plan, choice_effects
 from ich.report import build_report
 from ich.results import noise_note, roc_curves, significant_count, validation_note, weak_vs_strong
 from ich.robustness import has_robustness, study_verdict
@@ -86,6 +86,12 @@ else:
     (st.success if plan.criterion == "ci_low" or plan.auc_ci_low >= target else st.warning)(plan.sentence())
 for line in arm_outcomes(aggregate, fits, cost, target):
     st.markdown(f"- {line}")
+effects = choice_effects(aggregate, cost, target, criterion=criterion)
+if effects:
+    st.markdown("**How each way of buying moved the cost** (against the same learner with clean labels bought at "
+                "random):")
+    for line in effects:
+        st.markdown(f"- {line}")
 weak = next((f for a, f in good.items() if a.startswith("weak")), None)
 strong = next((f for a, f in good.items() if a.startswith("strong")), None)
 r = label_ratio(strong, weak, target) if weak and strong else None

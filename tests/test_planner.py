@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from ich.planner import CostModel, Plan, cheapest_plan, fitted_plans, plan_table
+from ich.planner import CostModel, Plan, cheapest_plan, choice_effects, fitted_plans, plan_table
 
 
 def table() -> pd.DataFrame:
@@ -170,3 +170,21 @@ def test_noisy_labels_are_priced_at_their_source_and_the_choice_is_checked_by_ha
     assert CostModel().cost("mixed", 100, 0.5, "slice=0.9/0.9") == pytest.approx((50 * 60 + 50 * 1) / 3600 * 200)
     with pytest.raises(ValueError, match="seconds_per_noisy_label"):
         CostModel(seconds_per_noisy_label=-1)
+
+
+def test_each_buying_choice_says_how_much_it_moved_the_cost_checked_by_hand():
+    """weak (clean, random) reaches 0.90 at 96 exams = 320 USD; weak-uncertainty at 48 = 160 USD (saves 160);
+    weak-exam-sens90-spec90 at 192 noisy labels = 192 s = 10.7 USD (saves 309); strong-coreset never reaches it,
+    strong (random) does at 1000 slices = 278 USD."""
+    rows = [("weak", "weak", "", "random", 96, 0.90), ("weak", "weak", "", "random", 48, 0.85),
+            ("weak-uncertainty", "weak", "", "uncertainty", 48, 0.91),
+            ("weak-exam-sens90-spec90", "weak", "exam=0.9/0.9", "random", 192, 0.91),
+            ("strong", "strong", "", "random", 1000, 0.91), ("strong-coreset", "strong", "", "coreset", 1000, 0.88)]
+    agg = pd.DataFrame(rows, columns=["arm", "supervision", "label_noise", "acquisition", "budget", "exam_auc"])
+    agg["slice_fraction"] = float("nan")
+    lines = {l.split(" ")[0]: l for l in choice_effects(agg, CostModel(), 0.90)}
+    assert set(lines) == {"weak-uncertainty", "weak-exam-sens90-spec90", "strong-coreset"}
+    assert "at 48 exam labels (160 USD) against 96 for weak (320 USD): the choice saves 160 USD" in lines["weak-uncertainty"]
+    assert "saves 309 USD" in lines["weak-exam-sens90-spec90"] and "1 s each" in lines["weak-exam-sens90-spec90"]
+    assert "does not reach AUC 0.90 (mean) within the study's budgets; strong does at 1,000" in lines["strong-coreset"]
+    assert choice_effects(agg[agg["arm"].isin(["weak", "strong"])], CostModel(), 0.90) == []

@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from ich.commands.report import cost_from_args
     from ich.curves import fit_study_curves
-    from ich.planner import arm_outcomes, cheapest_plan, fitted_plans
+    from ich.planner import arm_outcomes, cheapest_plan, choice_effects, fitted_plans
     from ich.robustness import has_robustness, study_verdict
     from ich.study import read_study, summarise_study
 
@@ -58,6 +58,11 @@ def run(args) -> int:
         print(f"no observed plan reaches {args.target:g} by the {args.criterion} rule")
     for line in arm_outcomes(aggregate, fits, cost, args.target, metric=args.metric):   # every arm, none dropped
         print("  " + line)
+    effects = choice_effects(aggregate, cost, args.target, criterion=args.criterion, metric=args.metric)
+    if effects:
+        print("how each way of buying moved the cost (against the same learner, clean labels bought at random):")
+        for line in effects:
+            print("  " + line)
     if robust is not None:
         print("robustness: " + robust.sentence)
         for r in robust.rows():
