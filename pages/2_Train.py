@@ -78,6 +78,7 @@ else:
 rounds = c[1].number_input("Rounds", 2, 20, RunConfig().train.rounds, key="train_rounds",
                            disabled=strategies == ["random"], help="A seed set, then rounds - 1 chosen by the strategy.")
 
+st.subheader("Encoder")
 encoders = sorted(str(p) for p in paths.encoders_dir().glob("*.pt"))
 c = st.columns(3)
 init = c[0].selectbox("Encoder start", ["auto", *encoders, "random"], key="train_init",

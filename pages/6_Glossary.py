@@ -4,7 +4,7 @@ import streamlit as st
 
 st.set_page_config(page_title="Glossary · ICH lab", layout="wide")
 st.title("Glossary")
-st.caption("The words these pages use, in plain language. Each entry says where you meet it in the lab.")
+st.caption("The words these pages use, in plain language.")
 
 TERMS = {
     "Exam label (weak label)": "One yes/no answer per scan: does this head CT show intracranial hemorrhage? "
@@ -21,6 +21,10 @@ TERMS = {
     "*Sensitivity* 90% means 1 in 10 truly positive labels comes back negative; *specificity* 97% means 3 in "
     "100 truly negative labels come back positive. The lab flips exactly that share of the bought labels and "
     "always tests against the clean truth.",
+    "Acquisition strategy": "Which exams or slices to send to the reader. *At random* is the reference study's "
+    "draw. *Uncertainty* buys in rounds: the model trained on the labels bought so far picks the scans it is least "
+    "sure about. *Coreset* picks the scans least like anything bought yet. Neither ever looks at a label it has "
+    "not paid for.",
     "AUC (area under the ROC curve)": "How well scores separate exams with and without hemorrhage: 0.5 is a "
     "coin toss, 1.0 ranks every bleed above every normal exam. It does not depend on a threshold.",
     "Sensitivity and specificity at an operating point": "Pick a score threshold; sensitivity is the share of "
