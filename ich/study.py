@@ -170,7 +170,8 @@ class StudyConfig(JsonConfig):
 
         A noise model makes its own arm (``weak-exam-sens90-spec97``) only where it touches a label kind the
         arm buys (weak: exam labels, strong: slice labels, mixed: both); elsewhere the arm is the clean one.
-        An acquisition strategy other than random makes its own arm (``weak-uncertainty``) for weak and strong.
+        An acquisition strategy other than random makes its own arm (``weak-uncertainty``) for weak and strong,
+        with clean labels (strategies and noise models are separate axes: ``train.acquisition`` refuses noise).
         """
         from ich import noise
 
@@ -179,7 +180,7 @@ class StudyConfig(JsonConfig):
             for spec in self.label_noise:
                 n = noise.parse(spec)
                 for s in self.supervisions:
-                    if strategy != "random" and s == "mixed":
+                    if strategy != "random" and (s == "mixed" or spec):
                         continue
                     kinds = {"weak": ("exam",), "strong": ("slice",)}.get(s, ("exam", "slice"))
                     touched = [k for k in kinds if getattr(n, k) != (1.0, 1.0)]

@@ -149,6 +149,7 @@ def test_rounds_are_seeded_and_a_rerun_retrains_no_finished_round(setup, tmp_pat
     ({"train.acquisition": "coreset", "model.finetune": "all"}, "finetune=none"),
     ({"train.acquisition": "uncertainty", "train.rounds": 1}, "at least 2"),
     ({"train.acquisition": "entropy"}, "uncertainty"),
+    ({"train.acquisition": "coreset", "train.label_noise": "exam=0.9/0.9"}, "not supported yet"),
 ])
 def test_settings_that_cannot_run_name_the_fix(setup, overrides, words):
     ds, enc = setup

@@ -121,6 +121,8 @@ def test_acquisition_strategies_make_weak_and_strong_arms():
         ("weak", "random"), ("strong", "random"), ("mixed-f0.5", "random"), ("weak-uncertainty", "uncertainty"),
         ("strong-uncertainty", "uncertainty"), ("weak-coreset", "coreset"), ("strong-coreset", "coreset")]
     assert {c.acquisition for c in plan_cells(spec) if c.arm == "strong-coreset"} == {"coreset"}
+    both = make_study("acquisition", dataset="/x", supervisions=["weak"], label_noise=["", "exam=0.9/0.9"])
+    assert [a for a, *_ in both.arm_table] == ["weak", "weak-exam-sens90-spec90", "weak-uncertainty", "weak-coreset"]
     assert StudyConfig.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     with pytest.raises(ValueError, match="uncertainty"):
         make_study("quick", dataset="/x", acquisition=["entropy"])
