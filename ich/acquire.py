@@ -22,6 +22,9 @@ gets the same purchase:
   model, so its rounds only fix the seed set.
 - ``random``: the reference protocol's single stratified draw (no rounds).
 
+Not yet combined with ``train.label_noise`` (a label read wrong in one round must stay wrong in the next;
+the config refuses both at once).
+
 Acquisition runs on the fast path (frozen encoder, ``model.finetune = none``): every round is a
 head trained on cached embeddings, and the pool is scored from the same cache. Weak and strong
 arms only; mixed buys two label kinds and is refused with a clear message.
