@@ -146,15 +146,24 @@ class Plan:
                "none": "; too few labels to set any aside: trained on all of them (label-free schedule)"}
         extra = " (extrapolated beyond the study's budgets)" if self.extrapolated else ""
         return (f"**{self.arm}** with **{self.budget:,.0f} {what}** — {reach}{val.get(self.validation, '')}; "
-                f"{self.hours:,.1f} annotator-hours ≈ {self.cost:,.0f} {self.currency}{extra}.")
+                f"{annotator_time(self.hours)} ≈ {self.cost:,.0f} {self.currency}{extra}.")
 
     def describe(self) -> str:
         what = {"weak": "exam labels", "strong": "slice labels"}.get(self.supervision,
                                                                     f"labels (slice fraction {self.slice_fraction:g})"
                                                                     if self.slice_fraction is not None else "labels")
         extra = " (extrapolated beyond the study's budgets)" if self.extrapolated else ""
-        return (f"{self.arm}: {self.budget:,.0f} {what} -> AUC {self.auc:.3f}; {self.hours:,.1f} annotator hours, "
+        return (f"{self.arm}: {self.budget:,.0f} {what} -> AUC {self.auc:.3f}; {annotator_time(self.hours)}, "
                 f"{self.cost:,.0f} {self.currency}{extra}")
+
+
+def annotator_time(hours: float) -> str:
+    """Annotator time in words: "12 annotator-minutes" under an hour, else "1.6 annotator-hours"."""
+    if not _finite(hours):
+        return "annotator time not estimable"
+    if hours < 1.0:
+        return f"{hours * 60:,.0f} annotator-minutes" if hours * 60 >= 1 else "under 1 annotator-minute"
+    return f"{hours:,.1f} annotator-hours"
 
 
 def _text(v) -> str:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from ich.planner import CRITERIA, CostModel, Plan, cheapest_plan
+from ich.planner import CRITERIA, CostModel, Plan, annotator_time, cheapest_plan
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -382,7 +382,7 @@ def describe_plan(p: Plan) -> str:
     unit = {"weak": "exam labels", "strong": "slice labels"}.get(p.supervision, "labels")
     if p.supervision == "mixed" and p.slice_fraction is not None:
         unit = f"labels ({p.slice_fraction:.0%} slice labels)"
-    hours = f"{p.hours:,.1f} h, " if math.isfinite(p.hours) else ""
+    hours = f"{annotator_time(p.hours)}, " if math.isfinite(p.hours) else ""
     return f"{p.arm}, {p.budget:,.0f} {unit} ({hours}{_money(p)})"
 
 

@@ -158,7 +158,7 @@ def test_same_plan_under_every_recipe():
     assert (v.base.arm, v.base.budget, round(v.base.cost)) == ("weak", 24, 80)
     assert v.robust and v.flipped == []
     assert v.sentence == ("The cheapest plan for exam AUC ≥ 0.85 (mean over seeds) is weak, 24 exam labels "
-                          "(0.4 h, 80 USD) under every recipe tried (2 of them).")
+                          "(24 annotator-minutes, 80 USD) under every recipe tried (2 of them).")
     assert [r["flips?"] for r in v.rows()] == ["", "no", "no"]
 
 
@@ -171,10 +171,10 @@ def test_a_variant_that_flips_the_arm_is_named():
     assert [o.flip for o in v.variants] == ["", "arm changes", "same arm, budget changes"]
     assert [o.name for o in v.flipped] == ["lr-triple", "loss-flip"] and not v.robust
     assert v.sentence == (
-        "The cheapest plan for exam AUC ≥ 0.85 (mean over seeds) is weak, 24 exam labels (0.4 h, 80 USD) with the "
+        "The cheapest plan for exam AUC ≥ 0.85 (mean over seeds) is weak, 24 exam labels (24 annotator-minutes, 80 USD) with the "
         "study's recipe, but 2 of 3 recipe changes tried flip it — learning rate ×3: arm changes, to strong, 192 "
-        "slice labels (0.3 h, 53 USD); loss flipped (BCE ↔ focal): same arm, budget changes, to weak, 48 exam "
-        "labels (0.8 h, 160 USD).")
+        "slice labels (16 annotator-minutes, 53 USD); loss flipped (BCE ↔ focal): same arm, budget changes, to weak, 48 exam "
+        "labels (48 annotator-minutes, 160 USD).")
     assert v.rows()[2]["flips?"] == "yes: arm changes" and v.rows()[2]["cost"] == "53 USD"
 
 
@@ -204,7 +204,7 @@ def test_no_nan_or_inf_in_sentences_or_tables():
     v = verdict(empty, [_done("loss-flip", "loss flipped (BCE ↔ focal)", BASE)], CostModel(), 0.85)
     assert [o.flip for o in v.variants] == ["a plan reaches the target"]
     assert v.sentence == ("With the study's recipe no plan reaches exam AUC ≥ 0.85 (mean over seeds), but 1 of 1 "
-                          "recipe changes tried flips it — loss flipped (BCE ↔ focal): weak, 24 exam labels (0.4 h, "
+                          "recipe changes tried flips it — loss flipped (BCE ↔ focal): weak, 24 exam labels (24 annotator-minutes, "
                           "80 USD) reaches it.")
 
 
