@@ -65,3 +65,17 @@ def test_hu_slice_figure_shows_hu_on_hover_and_marks_sides():
     assert np.asarray(fig.data[0].z).shape == (3, 4) and "HU" in fig.data[0].hovertemplate
     assert (fig.data[0].zmin, fig.data[0].zmax) == (0, 80)
     assert [a.text for a in fig.layout.annotations] == ["<b>R</b>", "<b>L</b>"]
+
+
+def test_noisy_arms_are_drawn_at_their_own_price_on_the_cost_axes():
+    import pandas as pd
+
+    from ich.figures import learning_curve_figure
+    from ich.planner import CostModel
+
+    agg = pd.DataFrame({"arm": ["weak", "weak-exam-sens90-spec90"], "supervision": "weak", "slice_fraction": float("nan"),
+                        "label_noise": [float("nan"), "exam=0.9/0.9"], "budget": [60, 60], "n_seeds": 3,
+                        "exam_auc": [0.9, 0.85], "exam_auc_ci_low": [0.8, 0.8], "exam_auc_ci_high": [0.95, 0.9]})
+    fig = learning_curve_figure(agg, x="hours", cost=CostModel())
+    xs = {t.name: list(t.x) for t in fig.data if t.name in ("weak", "weak-exam-sens90-spec90")}
+    assert xs["weak"] == [pytest.approx(1.0)] and xs["weak-exam-sens90-spec90"] == [pytest.approx(60 / 3600)]
