@@ -1,5 +1,7 @@
 """Compare: two finished runs' exam AUCs on the exams both scored, with the paired DeLong test, in plain words."""
 
+import shlex
+
 import streamlit as st
 
 from ich import paths
@@ -36,7 +38,9 @@ except ValueError as err:
 m = st.columns(3)
 m[0].metric("AUC of A", "—" if r["auc_a"] != r["auc_a"] else f"{r['auc_a']:.3f}")
 m[1].metric("AUC of B", "—" if r["auc_b"] != r["auc_b"] else f"{r['auc_b']:.3f}")
-m[2].metric("Exams compared", f"{r['n_exams']} ({r['n_positive']} with hemorrhage)")
+m[2].metric("Exams compared", r["n_exams"], help=f"{r['n_positive']} of them with hemorrhage")
 st.markdown(comparison_sentence(r))
-st.caption("Same command: `python -m ich compare RUN_A RUN_B`" + ("" if alternative == "two-sided"
-                                                                  else f" --alternative {alternative}"))
+argv = ["python", "-m", "ich", "compare", run_a, run_b] + ([] if alternative == "two-sided"
+                                                          else ["--alternative", alternative])
+st.caption("The same from a terminal:")
+st.code(shlex.join(argv), language="bash", wrap_lines=True)
