@@ -161,8 +161,11 @@ def annotator_time(hours: float) -> str:
     """Annotator time in words: "12 annotator-minutes" under an hour, else "1.6 annotator-hours"."""
     if not _finite(hours):
         return "annotator time not estimable"
+    if hours * 60 < 0.5:
+        return "under 1 annotator-minute"
     if hours < 1.0:
-        return f"{hours * 60:,.0f} annotator-minutes" if hours * 60 >= 1 else "under 1 annotator-minute"
+        minutes = f"{hours * 60:,.0f}"
+        return f"{minutes} annotator-minute" + ("" if minutes == "1" else "s")
     return f"{hours:,.1f} annotator-hours"
 
 

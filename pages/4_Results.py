@@ -89,7 +89,7 @@ for line in arm_outcomes(aggregate, fits, cost, target):
 effects = choice_effects(aggregate, cost, target, criterion=criterion)
 if effects:
     st.markdown("**How each way of buying moved the cost** (against the same learner with clean labels bought at "
-                "random):")
+                "random, by the rule chosen above):")
     for line in effects:
         st.markdown(f"- {line}")
 weak = next((f for a, f in good.items() if a.startswith("weak")), None)

@@ -188,3 +188,12 @@ def test_each_buying_choice_says_how_much_it_moved_the_cost_checked_by_hand():
     assert "saves 309 USD" in lines["weak-exam-sens90-spec90"] and "1 s each" in lines["weak-exam-sens90-spec90"]
     assert "does not reach AUC 0.90 (mean) within the study's budgets; strong does at 1,000" in lines["strong-coreset"]
     assert choice_effects(agg[agg["arm"].isin(["weak", "strong"])], CostModel(), 0.90) == []
+
+
+@pytest.mark.parametrize("hours, words", [(0.0, "under 1 annotator-minute"), (1 / 60, "1 annotator-minute"),
+                                          (0.4, "24 annotator-minutes"), (1.6, "1.6 annotator-hours"),
+                                          (float("nan"), "annotator time not estimable")])
+def test_annotator_time_reads_naturally(hours, words):
+    from ich.planner import annotator_time
+
+    assert annotator_time(hours) == words
