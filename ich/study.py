@@ -511,7 +511,7 @@ def _check_same_spec(out: Path, old: StudyConfig, new: StudyConfig, *, resolved:
                          "(or `--resume` alone), or choose a new --out")
 
 
-class _StudyLock:
+class StudyLock:
     """An exclusive lock on a study folder (``fcntl.flock``, released when the process dies)."""
 
     def __init__(self, out: Path):
@@ -730,7 +730,7 @@ def run_study(spec: StudyConfig, out: str | os.PathLike, *, executor: str = "loc
     except ValueError:                                     # not the main thread
         old_term = None
     try:
-        with _StudyLock(out):
+        with StudyLock(out):
             return _run_locked(spec, out, t0, executors.make_executor(
                 executor, workers=workers, n_tasks=len(plan_cells(spec)), ray_address=ray_address,
                 cpus_per_task=cpus_per_cell, gpus_per_task=gpus_per_cell), on_progress)

@@ -1,9 +1,10 @@
-"""Runs: every background job with live status, progress and validation AUC; cancel, resume, logs."""
+"""Runs: every background job with live status, progress and validation AUC; cancel, resume, logs; archive."""
 
 import pandas as pd
 import streamlit as st
 
-from ich import jobs, paths
+from ich import archive, jobs, paths, runs
+from ich.study import is_study
 
 st.set_page_config(page_title="Runs · ICH lab", layout="wide")
 st.title("Runs")
@@ -26,6 +27,31 @@ def job_table():
 
 
 job_table()
+
+with st.expander("Archive finished runs and studies (moved to the data folder's archive, never deleted)"):
+    listed = [p for root in (paths.runs_dir(), paths.studies_dir()) if root.is_dir()
+              for p in sorted(root.iterdir(), reverse=True) if is_study(p) or runs.is_run(p)]
+    if listed:
+        c = st.columns([4, 1])
+        pick = c[0].selectbox("Run or study", listed, key="runs_archive_pick",
+                              format_func=lambda p: f"{'study' if is_study(p) else 'run'} · {p.name}")
+        if c[1].button("Archive", key="runs_archive"):
+            try:
+                st.success(f"Archived to {archive.archive(pick)}. It no longer appears in the lists; restore it below.")
+            except (ValueError, FileExistsError) as err:
+                st.error(str(err))
+    else:
+        st.caption("No run or study to archive.")
+    stored = archive.archived()
+    if stored:
+        c = st.columns([4, 1])
+        back = c[0].selectbox("Archived", stored, key="runs_restore_pick",
+                              format_func=lambda p: f"{'study' if p.parent.name == 'studies' else 'run'} · {p.name}")
+        if c[1].button("Restore", key="runs_restore"):
+            try:
+                st.success(f"Restored to {archive.restore(back)}.")
+            except (ValueError, FileExistsError) as err:
+                st.error(str(err))
 
 rows = jobs.overview(paths.jobs_db())
 if not rows:

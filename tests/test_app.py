@@ -202,6 +202,21 @@ def test_compare_page_tests_two_study_cells_in_plain_words(finished_study, monke
     assert "Pick two different runs" in at.warning[0].value
 
 
+def test_runs_page_archives_a_study_and_restores_it(finished_study, monkeypatch, tmp_path):
+    shutil.copytree(finished_study, tmp_path / "data")        # the module's study stays for the other tests
+    monkeypatch.setenv("ICH_DATA", str(tmp_path / "data"))
+    monkeypatch.chdir(REPO)
+    at = run_page(REPO / "pages" / "3_Runs.py")
+    assert not at.exception, at.exception
+    assert at.selectbox(key="runs_archive_pick").value.name == "tiny-study"
+    at.button(key="runs_archive").click().run()
+    assert "Archived to" in at.success[0].value and not (tmp_path / "data" / "studies" / "tiny-study").exists()
+    at = run_page(REPO / "pages" / "3_Runs.py")
+    assert "No run or study to archive" in at.caption[-1].value
+    at.button(key="runs_restore").click().run()
+    assert "Restored to" in at.success[0].value and (tmp_path / "data" / "studies" / "tiny-study" / "study.json").is_file()
+
+
 def test_results_page_shows_curves_plan_and_delong(finished_study, monkeypatch):
     monkeypatch.setenv("ICH_DATA", str(finished_study))
     monkeypatch.chdir(REPO)
