@@ -347,14 +347,20 @@ def resume(db: str | os.PathLike, job_id: int, *, resume_flag: str = "--resume",
 
 
 def tail_log(job: Job, lines: int = 20) -> str:
-    """The last lines the job's command printed (stdout and stderr together)."""
+    """The last lines the job's command printed (stdout and stderr together), as a terminal shows them: a
+    progress bar redrawn with carriage returns is one line in its latest state, not one line per redraw."""
     if not job.log_path or not Path(job.log_path).exists():
         return ""
     with open(job.log_path, "rb") as f:
         f.seek(0, os.SEEK_END)
         f.seek(max(0, f.tell() - 64 * 1024))
         text = f.read().decode("utf-8", errors="replace")
-    return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
+    shown = []
+    for line in text.split("\n"):
+        drawn = [part for part in line.split("\r") if part.strip()]
+        if drawn:
+            shown.append(drawn[-1])
+    return "\n".join(shown[-lines:])
 
 
 _PR_SET_PDEATHSIG = 1

@@ -285,3 +285,13 @@ def test_a_waiting_job_follows_its_failed_job_into_resume_and_dies_with_a_cancel
 def test_after_an_unknown_job_is_refused(tmp_path):
     with pytest.raises(KeyError, match="no job 7"):
         jobs.submit(tmp_path / "jobs.sqlite", ["--help"], kind="help", out_dir=tmp_path / "a", after=7)
+
+
+def test_the_log_shows_a_redrawn_progress_bar_once_in_its_latest_state(tmp_path):
+    log = tmp_path / "job.log"
+    log.write_bytes(b"starting\n\rtrain:  10%|#   | 1/10\rtrain:  50%|##  | 5/10\rtrain: 100%|####| 10/10\n"
+                    b"\rembed: 3%|\rembed: 60%|INFO ich.embed: cache written\n\r\ndone\n")
+    job = jobs.Job(**{**{f: None for f in jobs.Job.__dataclass_fields__}, "log_path": str(log)})
+    assert jobs.tail_log(job, 10).splitlines() == ["starting", "train: 100%|####| 10/10",
+                                                   "embed: 60%|INFO ich.embed: cache written", "done"]
+    assert jobs.tail_log(job, 2).splitlines() == ["embed: 60%|INFO ich.embed: cache written", "done"]
