@@ -1,4 +1,4 @@
-"""Archiving runs and studies: move a finished folder out of the app's lists into ``<data>/archive``, and back.
+"""Housekeeping of runs and studies: rename one, or move it into ``<data>/archive`` (out of every list) and back.
 
 Nothing is deleted: ``archive`` moves a single run folder (``<data>/runs/<name>``) or a whole study
 (``<data>/studies/<name>``, with every cell) to ``<data>/archive/runs/<name>`` or
@@ -91,6 +91,23 @@ def restore(folder: str | os.PathLike) -> Path:
         raise ValueError(f"{folder} is not in the archive ({archive_dir() / kind})")
     with _locked(folder, kind):
         return _move(folder, (paths.runs_dir() if kind == "runs" else paths.studies_dir()).resolve() / folder.name)
+
+
+def rename(folder: str | os.PathLike, name: str) -> Path:
+    """Give a finished run or study in ``<data>/runs`` or ``<data>/studies`` a new folder name; returns its new path.
+
+    Raises:
+        ValueError: a name that is not a plain folder name (``paths.check_name``), or as ``archive``.
+        FileExistsError: the name is taken.
+    """
+    folder = Path(folder).resolve()
+    kind = _kind(folder)
+    home = (paths.runs_dir() if kind == "runs" else paths.studies_dir()).resolve()
+    if folder.parent != home:
+        raise ValueError(f"{folder} is not in {home}; only the app's own runs and studies are renamed")
+    name = paths.check_name(name, "run name" if kind == "runs" else "study name")
+    with _locked(folder, kind):
+        return _move(folder, home / name)
 
 
 def archived() -> list[Path]:

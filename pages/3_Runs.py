@@ -28,7 +28,7 @@ def job_table():
 
 job_table()
 
-with st.expander("Archive finished runs and studies (moved to the data folder's archive, never deleted)"):
+with st.expander("Rename or archive finished runs and studies (archived ones are moved, never deleted)"):
     listed = [p for root in (paths.runs_dir(), paths.studies_dir()) if root.is_dir()
               for p in sorted(root.iterdir(), reverse=True) if is_study(p) or runs.is_run(p)]
     if listed:
@@ -38,6 +38,13 @@ with st.expander("Archive finished runs and studies (moved to the data folder's 
         if c[1].button("Archive", key="runs_archive"):
             try:
                 st.success(f"Archived to {archive.archive(pick)}. It no longer appears in the lists; restore it below.")
+            except (ValueError, FileExistsError) as err:
+                st.error(str(err))
+        c = st.columns([4, 1])
+        new_name = c[0].text_input("New name", key="runs_new_name", placeholder="e.g. weak-vs-strong-december")
+        if c[1].button("Rename", key="runs_rename", disabled=not new_name.strip()):
+            try:
+                st.success(f"Renamed to {archive.rename(pick, new_name).name}.")
             except (ValueError, FileExistsError) as err:
                 st.error(str(err))
     else:

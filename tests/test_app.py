@@ -215,6 +215,13 @@ def test_runs_page_archives_a_study_and_restores_it(finished_study, monkeypatch,
     assert "No run or study to archive" in at.caption[-1].value
     at.button(key="runs_restore").click().run()
     assert "Restored to" in at.success[0].value and (tmp_path / "data" / "studies" / "tiny-study" / "study.json").is_file()
+    at = run_page(REPO / "pages" / "3_Runs.py")
+    at.text_input(key="runs_new_name").set_value("my study/../x").run()
+    at.button(key="runs_rename").click().run()
+    assert "study name must be 1-64 letters" in at.error[0].value
+    at.text_input(key="runs_new_name").set_value("december").run()
+    at.button(key="runs_rename").click().run()
+    assert "Renamed to december" in at.success[0].value and (tmp_path / "data" / "studies" / "december").is_dir()
 
 
 def test_results_page_shows_curves_plan_and_delong(finished_study, monkeypatch):

@@ -68,3 +68,13 @@ def test_a_folder_being_written_is_refused(data):
         holder.kill()
         holder.wait()
     assert archive.archive(paths.runs_dir() / "r1").parent.name == "runs"      # free again once the writer is gone
+
+
+def test_rename_takes_a_plain_name_and_refuses_a_taken_one(data):
+    new = archive.rename(paths.studies_dir() / "s1", "weak-vs-strong-dec")
+    assert new == (paths.studies_dir() / "weak-vs-strong-dec").resolve() and (new / "study.json").is_file()
+    with pytest.raises(ValueError, match="study name must be 1-64 letters"):
+        archive.rename(new, "../outside")
+    runs.create_run(paths.runs_dir() / "r2", runs.read_config(paths.runs_dir() / "r1"))
+    with pytest.raises(FileExistsError, match="exists already"):
+        archive.rename(paths.runs_dir() / "r1", "r2")
