@@ -33,11 +33,15 @@ arms only; mixed buys two label kinds and is refused with a clear message.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ich import runs
 from ich.config import ACQUISITIONS as STRATEGIES   # random | uncertainty | coreset
+from ich.config import with_overrides
+from ich.data import LabelSubset
 ROUNDS_DIR = "rounds"
 
 
@@ -127,9 +131,7 @@ def features(items: pd.DataFrame, embeddings: np.ndarray, rows: dict, train_ids,
     return (np.asarray(embeddings[at], dtype=np.float64) - mu) / sd
 
 
-def _subset(owned: pd.DataFrame, supervision: str):
-    from ich.data import LabelSubset
-
+def _subset(owned: pd.DataFrame, supervision: str) -> LabelSubset:
     if supervision == "weak":
         return LabelSubset("weak", exam_ids=owned["exam_id"].tolist(), n_labels=len(owned))
     return LabelSubset("strong", slices=owned[["exam_id", "index"]].reset_index(drop=True), n_labels=len(owned))
@@ -151,11 +153,6 @@ def buy_in_rounds(cfg, run_dir, ds, embeddings: np.ndarray, rows: dict, *, fit, 
     Returns:
         ``data.LabelSubset`` of every label bought, in purchase order.
     """
-    from pathlib import Path
-
-    from ich import runs
-    from ich.config import with_overrides
-
     t = cfg.train
     items = pool(ds.exams, ds.slices, t.supervision)
     sizes = round_sizes(t.budget, t.rounds)

@@ -110,6 +110,20 @@ def rename(folder: str | os.PathLike, name: str) -> Path:
         return _move(folder, home / name)
 
 
+def current() -> list[Path]:
+    """The runs and studies the app lists (``<data>/runs``, ``<data>/studies``), newest name first in each."""
+    out = []
+    for root in (paths.runs_dir(), paths.studies_dir()):
+        out += [p for p in sorted(root.iterdir(), reverse=True) if is_study(p) or runs.is_run(p)] \
+            if root.is_dir() else []
+    return out
+
+
+def label(folder: Path) -> str:
+    """A run or study folder as a selector shows it: "study · <name>" or "run · <name>"."""
+    return f"{'study' if is_study(folder) else 'run'} · {folder.name}"
+
+
 def archived() -> list[Path]:
     """Archived runs and studies, newest name first."""
     out = []

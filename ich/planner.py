@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
+from ich import noise
 from ich.config import _check_number, check_choice, reject_unknown_keys
 
 if TYPE_CHECKING:
@@ -72,8 +73,6 @@ class CostModel:
     def hours(self, supervision: str, budget: float, slice_fraction: float | None = None,
               label_noise: str = "") -> float:
         """Annotator hours of a budget (labels of a kind ``label_noise`` touches at the noisy source's price)."""
-        from ich import noise
-
         n = noise.parse(_text(label_noise))
         exams, slices = self.label_counts(supervision, budget, slice_fraction)
         exam_s = self.seconds_per_noisy_label if n.exam != (1.0, 1.0) else self.seconds_per_exam_label
@@ -176,8 +175,6 @@ def _text(v) -> str:
 
 def _what(supervision: str, label_noise="") -> str:
     """ "exam labels", "slice labels" or "labels", with the noise model in words when there is one."""
-    from ich import noise
-
     what = {"weak": "exam labels", "strong": "slice labels"}.get(supervision, "labels")
     n = noise.parse(_text(label_noise))
     return what if n.clean else f"noisy {what} ({n.words()})"
@@ -360,18 +357,15 @@ def choice_effects(aggregate: pd.DataFrame, cost: CostModel, target_auc: float, 
     """One sentence per arm that changed *how* labels are bought (a noisy source, an acquisition strategy): how
     much that choice moved the cheapest observed cost of reaching ``target_auc`` against the same learner with
     clean labels bought at random. Empty when the study has no such arm (or no such baseline)."""
-    from ich import noise
-
     check_choice("criterion", criterion, CRITERIA)
     df = plan_table(aggregate, cost)
     col = metric if criterion == "mean" else f"{metric}_ci_low"
     if col not in df.columns:
         return []
-    noise_of = df["label_noise"].map(_text) if "label_noise" in df.columns else _constant(df, "")
-    strategy_of = (df["acquisition"].map(lambda v: v if isinstance(v, str) and v else "random")
-                   if "acquisition" in df.columns else _constant(df, "random"))
-    df = df.assign(_noise=noise_of, _strategy=strategy_of,
-                   _frac=[_frac(f) if _frac(f) is not None else -1.0 for f in df["slice_fraction"]])
+    df = df.assign(_noise=[_text(v) for v in df.get("label_noise", [""] * len(df))],
+                   _strategy=[v if isinstance(v, str) and v else "random"
+                              for v in df.get("acquisition", [""] * len(df))],
+                   _frac=[-1.0 if _frac(f) is None else _frac(f) for f in df["slice_fraction"]])
 
     def cheapest(grp):
         ok = grp[_numeric(grp[col]) >= target_auc]
@@ -415,9 +409,3 @@ def choice_effects(aggregate: pd.DataFrame, cost: CostModel, target_auc: float, 
             out.append(f"Neither {name} ({' and '.join(choice)}) nor {base_name} reaches AUC {target_auc:.2f} "
                        f"({rule}) within the study's budgets.")
     return out
-
-
-def _constant(df, value):
-    import pandas as pd
-
-    return pd.Series([value] * len(df), index=df.index)

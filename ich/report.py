@@ -157,8 +157,9 @@ def build_report(study: str | os.PathLike, *, cost: CostModel | None = None, tar
         line += [html.escape(a) for a in arm_outcomes(aggregate, fits, cost, t, metric=metric)]
         line += [html.escape(a) for a in choice_effects(aggregate, cost, t, metric=metric)] if len(aggregate) else []
         key.append(f"<li><b>{html.escape(metric)} {t:.3f}</b>: " + "; ".join(line) + "</li>")
+    noisy = noise_note(cells)
     parts.append("<h2>The answer</h2><div class='key'><p>" + html.escape(validation_note(cells))
-                 + (f" {html.escape(noise_note(cells))}" if noise_note(cells) else "") + "</p><ul>"
+                 + (f" {html.escape(noisy)}" if noisy else "") + "</p><ul>"
                  + "".join(key) + "</ul>"
                  f"<p class='note'>Label ratio = slice labels the strong learner needs / exam labels the weak learner "
                  f"needs for the same {html.escape(metric)} (power-law fits, 95% bootstrap intervals over seeds). "

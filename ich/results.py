@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ich import runs
+from ich import noise, runs
 from ich.evaluate import compare_runs, exam_summary
 
 
@@ -107,8 +107,6 @@ def comparison_sentence(r: dict, name_a: str = "A", name_b: str = "B") -> str:
 
 def noise_note(cells: pd.DataFrame) -> str:
     """One plain sentence per noisy arm of a study (``label_noise``), or "" when every arm bought clean labels."""
-    from ich import noise
-
     if "label_noise" not in cells.columns:
         return ""
     arms = cells[["arm", "label_noise"]].drop_duplicates("arm")

@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ich.config import SUPERVISIONS, JsonConfig, _check_number, check_choice, reject_unknown_keys
+from ich import noise
+from ich.config import ACQUISITIONS, SUPERVISIONS, JsonConfig, _check_number, check_choice, reject_unknown_keys
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -124,14 +125,10 @@ class StudyConfig(JsonConfig):
         object.__setattr__(self, "budgets", tuple(sorted(_as_tuple("budgets", self.budgets, int))))
         object.__setattr__(self, "seeds", _as_tuple("seeds", self.seeds, int))
         object.__setattr__(self, "slice_fractions", _as_tuple("slice_fractions", self.slice_fractions, float))
-        from ich import noise
-
         specs = tuple(noise.parse(x).spec for x in _as_tuple("label_noise", self.label_noise, str))
         if len(set(specs)) != len(specs):
             raise ValueError(f"study.label_noise names one noise model twice: {list(self.label_noise)}")
         object.__setattr__(self, "label_noise", specs)
-        from ich.config import ACQUISITIONS
-
         object.__setattr__(self, "acquisition", _as_tuple("acquisition", self.acquisition, str))
         for a in self.acquisition:
             check_choice("study.acquisition entry", a, ACQUISITIONS)
@@ -173,8 +170,6 @@ class StudyConfig(JsonConfig):
         An acquisition strategy other than random makes its own arm (``weak-uncertainty``) for weak and strong,
         with clean labels (strategies and noise models are separate axes: ``train.acquisition`` refuses noise).
         """
-        from ich import noise
-
         out: dict[str, tuple] = {}
         for strategy in self.acquisition:
             for spec in self.label_noise:

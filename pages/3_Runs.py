@@ -3,8 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from ich import archive, jobs, paths, runs
-from ich.study import is_study
+from ich import archive, jobs, paths
 
 st.set_page_config(page_title="Runs · ICH lab", layout="wide")
 st.title("Runs")
@@ -28,37 +27,36 @@ def job_table():
 
 job_table()
 
+def act(button: str, key: str, action, disabled: bool = False) -> None:
+    """A button that runs a housekeeping action and says what happened (or why it was refused)."""
+    if st.button(button, key=key, disabled=disabled):
+        try:
+            st.success(action())
+        except (ValueError, FileExistsError) as err:
+            st.error(str(err))
+
+
 with st.expander("Rename or archive finished runs and studies (archived ones are moved, never deleted)"):
-    listed = [p for root in (paths.runs_dir(), paths.studies_dir()) if root.is_dir()
-              for p in sorted(root.iterdir(), reverse=True) if is_study(p) or runs.is_run(p)]
+    listed = archive.current()
     if listed:
         c = st.columns([4, 1])
-        pick = c[0].selectbox("Run or study", listed, key="runs_archive_pick",
-                              format_func=lambda p: f"{'study' if is_study(p) else 'run'} · {p.name}")
-        if c[1].button("Archive", key="runs_archive"):
-            try:
-                st.success(f"Archived to {archive.archive(pick)}. It no longer appears in the lists; restore it below.")
-            except (ValueError, FileExistsError) as err:
-                st.error(str(err))
+        pick = c[0].selectbox("Run or study", listed, key="runs_archive_pick", format_func=archive.label)
+        with c[1]:
+            act("Archive", "runs_archive", lambda: f"Archived to {archive.archive(pick)}. It no longer appears in "
+                                                   "the lists; restore it below.")
         c = st.columns([4, 1])
         new_name = c[0].text_input("New name", key="runs_new_name", placeholder="e.g. weak-vs-strong-december")
-        if c[1].button("Rename", key="runs_rename", disabled=not new_name.strip()):
-            try:
-                st.success(f"Renamed to {archive.rename(pick, new_name).name}.")
-            except (ValueError, FileExistsError) as err:
-                st.error(str(err))
+        with c[1]:
+            act("Rename", "runs_rename", lambda: f"Renamed to {archive.rename(pick, new_name).name}.",
+                disabled=not new_name.strip())
     else:
         st.caption("No run or study to archive.")
     stored = archive.archived()
     if stored:
         c = st.columns([4, 1])
-        back = c[0].selectbox("Archived", stored, key="runs_restore_pick",
-                              format_func=lambda p: f"{'study' if p.parent.name == 'studies' else 'run'} · {p.name}")
-        if c[1].button("Restore", key="runs_restore"):
-            try:
-                st.success(f"Restored to {archive.restore(back)}.")
-            except (ValueError, FileExistsError) as err:
-                st.error(str(err))
+        back = c[0].selectbox("Archived", stored, key="runs_restore_pick", format_func=archive.label)
+        with c[1]:
+            act("Restore", "runs_restore", lambda: f"Restored to {archive.restore(back)}.")
 
 rows = jobs.overview(paths.jobs_db())
 if not rows:

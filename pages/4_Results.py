@@ -70,8 +70,9 @@ for arm, fit in fits.items():
     if not isinstance(fit, PowerLawFit):
         st.caption(f"No power-law fit for {arm}: {fit}")
 st.info(validation_note(cells))
-if noise_note(cells):
-    st.info(noise_note(cells))
+noisy = noise_note(cells)
+if noisy:
+    st.info(noisy)
 
 st.subheader("Plan the cheapest labelling")
 target = st.slider("Target exam AUC", 0.50, 0.99, 0.85, 0.01, key="results_target")
