@@ -78,3 +78,18 @@ def test_rename_takes_a_plain_name_and_refuses_a_taken_one(data):
     runs.create_run(paths.runs_dir() / "r2", runs.read_config(paths.runs_dir() / "r1"))
     with pytest.raises(FileExistsError, match="exists already"):
         archive.rename(paths.runs_dir() / "r1", "r2")
+
+
+def test_the_archive_verb_does_what_the_page_does(data, capsys):
+    from ich.cli import main
+
+    assert main(["archive", str(paths.runs_dir() / "r1")]) == 0
+    assert "archived to" in capsys.readouterr().out and not (paths.runs_dir() / "r1").exists()
+    assert main(["archive", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "study · s1" in out and "run · r1" in out.split("archived:")[1]
+    assert main(["archive", str(archive.archive_dir() / "runs" / "r1"), "--restore"]) == 0
+    assert main(["archive", str(paths.runs_dir() / "r1"), "--rename", "r9"]) == 0
+    assert (paths.runs_dir() / "r9" / "config.json").is_file()
+    assert main(["archive", str(paths.studies_dir() / "s1" / "runs" / "weak-m4-s0")]) == 2
+    assert "archive the whole study" in capsys.readouterr().err
