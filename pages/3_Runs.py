@@ -27,16 +27,22 @@ def job_table():
 
 job_table()
 
+
 def act(button: str, key: str, action, disabled: bool = False) -> None:
-    """A button that runs a housekeeping action and says what happened (or why it was refused)."""
+    """A button that runs a housekeeping action; what happened (or why it was refused) shows after the rerun."""
     if st.button(button, key=key, disabled=disabled):
         try:
-            st.success(action())
+            st.session_state["runs_housekeeping"] = ("success", action())
         except (ValueError, FileExistsError) as err:
-            st.error(str(err))
+            st.session_state["runs_housekeeping"] = ("error", str(err))
+        st.rerun()                                   # the lists below show the folder where it is now
 
 
-with st.expander("Rename or archive finished runs and studies (archived ones are moved, never deleted)"):
+with st.expander("Rename or archive finished runs and studies (archived ones are moved, never deleted)",
+                 expanded="runs_housekeeping" in st.session_state):
+    if "runs_housekeeping" in st.session_state:
+        kind, text = st.session_state.pop("runs_housekeeping")
+        (st.success if kind == "success" else st.error)(text)
     listed = archive.current()
     if listed:
         c = st.columns([4, 1])
