@@ -58,7 +58,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ich import distributed, noise, runs
+from ich import acquire, distributed, noise, runs
 from ich.config import REFERENCE_ALPHA, RunConfig
 from ich.data import (BagDataset, EmbeddingBagDataset, EmbeddingSliceDataset, HeldOut, LabelSubset, SliceDataset,
                       VolumeCache, collate_bags, collate_slices, epoch_order, exam_slice_labels, hold_out_validation,
@@ -271,8 +271,6 @@ class _Trainer:
         if t.acquisition == "random":
             return select_labels(ds.exams, ds.slices, supervision=t.supervision, budget=t.budget, seed=self.cfg.seed,
                                  sampling=t.sampling, slice_fraction=t.slice_fraction)
-        from ich import acquire
-
         return acquire.buy_in_rounds(self.cfg, self.run_dir, ds, self.embeddings, self.rows, fit=fit,
                                      on_round=lambda k: self._report({"phase": "acquire", "round": k, "progress": 0.0},
                                                                      force=True))
