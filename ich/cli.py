@@ -19,6 +19,8 @@ import signal
 import sys
 import threading
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 import ich.commands
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, RuntimeError, KeyError)
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     in_main = threading.current_thread() is threading.main_thread()  # signal handlers live there only
     previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main else None
     try:
-        return int(args._run(args) or 0)
+        with logging_redirect_tqdm():        # a log line never lands inside a progress bar's redraw
+            return int(args._run(args) or 0)
     except USER_ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)

@@ -123,8 +123,22 @@ def learning_curve_figure(aggregate: pd.DataFrame, *, cells: pd.DataFrame | None
     fig.update_layout(title=title, xaxis_title=xtitle, yaxis_title=METRIC_NAMES.get(metric, metric),
                       template="plotly_white", hovermode="closest", legend=dict(orientation="h", y=-0.2),
                       margin=dict(l=60, r=20, t=50 if title else 20, b=60))
-    fig.update_xaxes(type="log")
+    xs = [v for t in fig.data if t.x is not None and not (t.name or "").endswith(("fit", "fit band"))
+          for v in np.asarray(t.x, float).ravel() if np.isfinite(v) and v > 0]
+    ticks = sorted(set(xs)) if x == "labels" and len(set(xs)) <= 12 else _log_ticks(xs)
+    fig.update_xaxes(type="log", tickvals=ticks, ticktext=[f"{v:g}" for v in ticks])   # plain numbers, not "2 5 100"
     return fig
+
+
+def _log_ticks(values: Sequence[float]) -> list[float]:
+    """1-2-5 tick values (…, 0.5, 1, 2, 5, 10, …) covering ``values`` on a log axis."""
+    if not len(values):
+        return []
+    lo, hi = math.floor(math.log10(min(values))), math.ceil(math.log10(max(values)))
+    ticks = [m * 10.0 ** k for k in range(lo, hi + 1) for m in (1, 2, 5)]
+    inside = [t for t in ticks if min(values) / 1.5 <= t <= max(values) * 1.5]
+    powers_of_ten = [t for t in inside if math.isclose(math.log10(t), round(math.log10(t)))]
+    return inside if len(inside) <= 10 else powers_of_ten
 
 
 def roc_figure(curves: Sequence[Mapping[str, Any]], *, title: str | None = None):
@@ -148,6 +162,41 @@ def roc_figure(curves: Sequence[Mapping[str, Any]], *, title: str | None = None)
                       xaxis=dict(range=[0, 1], constrain="domain"),
                       yaxis=dict(range=[0, 1.02], scaleanchor="x", constrain="domain"), height=480,
                       margin=dict(l=60, r=20, t=50 if title else 20, b=50))
+    return fig
+
+
+def epoch_figure(metrics: pd.DataFrame, *, title: str | None = None):
+    """A single run's curves per epoch: training loss (left axis) and validation AUC (right axis).
+
+    Args:
+        metrics: ``runs.read_metrics`` (one row per epoch: ``epoch``, ``train_loss`` and, where the
+            run validates, ``val_exam_auc`` / ``val_slice_auc``; ``lr_factor`` and ``lr_epoch``
+            when it tries several learning rates, each drawn as its own line).
+
+    Returns:
+        ``plotly.graph_objects.Figure``, or None before the first epoch.
+    """
+    import plotly.graph_objects as go
+
+    if metrics.empty or "train_loss" not in metrics:
+        return None
+    fig = go.Figure()
+    several = "lr_factor" in metrics and metrics["lr_factor"].nunique() > 1
+    for i, (factor, m) in enumerate(metrics.groupby("lr_factor", sort=True) if several else [(None, metrics)]):
+        x = m["lr_epoch"] if several else m["epoch"]
+        name = f"learning rate ×{factor:g}" if several else ""
+        color = PALETTE[i % len(PALETTE)]
+        fig.add_trace(go.Scatter(x=x, y=m["train_loss"], mode="lines", line=dict(color=color),
+                                 name=f"training loss {name}".strip()))
+        for col, words, dash in (("val_exam_auc", "validation exam AUC", "dot"),
+                                 ("val_slice_auc", "validation slice AUC", "dash")):
+            if col in m and m[col].notna().any():
+                fig.add_trace(go.Scatter(x=x, y=m[col], mode="lines+markers", yaxis="y2", marker=dict(size=4),
+                                         line=dict(color=color, dash=dash), name=f"{words} {name}".strip()))
+    fig.update_layout(title=title, template="plotly_white", height=320, xaxis_title="epoch",
+                      yaxis=dict(title="training loss", rangemode="tozero"),
+                      yaxis2=dict(title="validation AUC", overlaying="y", side="right", range=[0, 1.02]),
+                      legend=dict(orientation="h", y=-0.25), margin=dict(l=60, r=60, t=40 if title else 10, b=60))
     return fig
 
 

@@ -173,8 +173,8 @@ def chain_status(db: str | os.PathLike | None = None, cfg: FirstRunConfig | None
             state = job.state
         progress = 1.0 if state == "done" else _progress(step, job, cfg)
         eta = None
-        if state == "running" and progress and progress >= 0.02 and job.started:
-            eta = (now - job.started) * (1 - progress) / progress
+        if state == "running" and job.started:
+            eta = jobs.eta_seconds(now - job.started, progress)
         if job is not None and job.state == "done" and job.started and job.finished:
             ratios.append((job.finished - job.started) / TYPICAL_S[step.name])
         rows.append({"step": step.name, "title": step.title, "state": state, "progress": progress, "eta_s": eta,
@@ -222,12 +222,3 @@ def queue_quick_study(out: str | os.PathLike, db: str | os.PathLike | None = Non
     return jobs.submit(db or paths.jobs_db(), ["study", "--preset", "quick", "--dataset", str(dataset), "--out",
                                                 str(out), *extra], kind="study", out_dir=out, workdir=REPO,
                        title=f"quick study on {dataset.name}", after=study_after(dataset, db, cfg, root))
-
-
-def describe_eta(seconds: float | None) -> str:
-    """Plain words for a remaining time: 'about 40 s', 'about 3 min', or '' when unknown."""
-    if seconds is None:
-        return ""
-    if seconds < 90:
-        return f"about {max(5, int(round(seconds / 5.0)) * 5)} s"
-    return f"about {int(round(seconds / 60.0))} min"

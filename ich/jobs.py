@@ -133,6 +133,8 @@ def submit(db: str | os.PathLike, argv: list[str], *, kind: str, out_dir: str | 
     Raises:
         ValueError: if ``argv`` is empty or not a list of strings.
         KeyError: if ``after`` names no job.
+        FileExistsError: if a queued or running job already writes ``out_dir`` (one writer per folder:
+            a double click or a form submitted twice queues one job, not two).
     """
     if after is not None:
         get(db, after)
@@ -143,6 +145,13 @@ def submit(db: str | os.PathLike, argv: list[str], *, kind: str, out_dir: str | 
     logs = Path(db).resolve().parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with closing(_connect(db)) as con:
+        con.execute("BEGIN IMMEDIATE")           # the check and the insert are one transaction
+        busy = con.execute("SELECT id, state FROM jobs WHERE out_dir = ? AND state IN ('queued', 'running')",
+                           (out_dir,)).fetchone()
+        if busy is not None:
+            con.execute("ROLLBACK")
+            raise FileExistsError(f"job #{busy[0]} ({busy[1]}) already writes {out_dir}; wait for it, cancel it on "
+                                  "the Runs page (`python -m ich jobs cancel ID`), or choose another name")
         cur = con.execute(
             "INSERT INTO jobs (kind, title, argv, workdir, out_dir, log_path, state, created) "
             "VALUES (?,?,?,?,?,?,?,?)",
@@ -153,6 +162,7 @@ def submit(db: str | os.PathLike, argv: list[str], *, kind: str, out_dir: str | 
         con.execute("UPDATE jobs SET log_path=? WHERE id=?", (str(logs / f"job-{job_id}.log"), job_id))
         if after is not None:
             con.execute("INSERT INTO job_after (job_id, after_id) VALUES (?,?)", (job_id, int(after)))
+        con.execute("COMMIT")
     if start:
         start_queued(db, slots=slots)
     return get(db, job_id)
@@ -445,22 +455,42 @@ if __name__ == "__main__":  # python -m ich.jobs <db> <job_id>  (worker) | --com
     raise SystemExit(_worker(sys.argv[1], int(sys.argv[2])))
 
 
-def progress_of(out_dir: str | os.PathLike) -> dict:
+def eta_seconds(elapsed_s: float, fraction_done: float | None) -> float | None:
+    """Seconds left at the pace so far (``elapsed * (1 - f) / f``); None before 2% is done."""
+    if fraction_done is None or not 0.02 <= fraction_done < 1 or elapsed_s <= 0:
+        return None
+    return elapsed_s * (1 - fraction_done) / fraction_done
+
+
+def describe_eta(seconds: float | None) -> str:
+    """Plain words for a remaining time: 'about 40 s', 'about 3 min', or '' when unknown."""
+    if seconds is None:
+        return ""
+    if seconds < 90:
+        return f"about {max(5, int(round(seconds / 5.0)) * 5)} s"
+    return f"about {int(round(seconds / 60.0))} min"
+
+
+def progress_of(out_dir: str | os.PathLike, started: float | None = None) -> dict:
     """Live progress of what a job writes: a run folder's status.json, or a study's progress.
 
-    Returns ``{"progress": 0-1 or None, "detail": short text, "val_exam_auc": float or None}``.
+    ``started`` is the job's start (epoch seconds), for a run's time left.
+    Returns ``{"progress": 0-1 or None, "detail": short text, "val_exam_auc": float or None,
+    "eta_s": seconds left or None}``. A run's AUC is the one that chose its model (the best
+    validation AUC so far while it trains), not its last epoch's.
     """
     from ich import runs
 
     out = Path(out_dir)
+    now = time.time()
     if runs.is_run(out):
         st = runs.read_status(out)
-        metrics = runs.read_metrics(out)
-        auc = metrics["val_exam_auc"].dropna().iloc[-1] if "val_exam_auc" in metrics and \
-            metrics["val_exam_auc"].notna().any() else None
+        chosen = (st.get("summary") or st.get("best") or {}).get("val_exam_auc")
         epoch = st.get("epoch")
+        running = st.get("state") == "running"
+        eta = eta_seconds(now - started, st.get("progress")) if running and started else None
         return {"progress": st.get("progress"), "detail": f"epoch {epoch}" if epoch is not None else st["state"],
-                "val_exam_auc": None if auc is None else float(auc)}
+                "val_exam_auc": float(chosen) if isinstance(chosen, (int, float)) else None, "eta_s": eta}
     study_progress = out / "progress.json"
     if study_progress.is_file():
         try:
@@ -469,21 +499,26 @@ def progress_of(out_dir: str | os.PathLike) -> dict:
             p = {}
         done, total = p.get("done", 0), p.get("total") or 0
         ended = f" · {p['state']}" if p.get("state") in ("cancelled", "failed") else ""
+        eta = None
+        if p.get("state") == "running" and p.get("cells_from") and total:   # cells' own pace, after set-up
+            new = done - p.get("cells_done_before", 0)
+            eta = eta_seconds(now - p["cells_from"], new / (total - p.get("cells_done_before", 0)))
         return {"progress": done / total if total else None, "detail": f"{done}/{total} cells{ended}",
-                "val_exam_auc": None}
-    return {"progress": None, "detail": "", "val_exam_auc": None}
+                "val_exam_auc": None, "eta_s": eta}
+    return {"progress": None, "detail": "", "val_exam_auc": None, "eta_s": None}
 
 
 def overview(db: str | os.PathLike) -> list[dict]:
     """Every job (newest first) with its live progress, for the Runs page and `ich jobs list`."""
     rows = []
     for j in list_jobs(db):
-        live = progress_of(j.out_dir) if j.state == "running" or j.state in FINAL_STATES else {}
+        live = progress_of(j.out_dir, j.started) if j.state == "running" or j.state in FINAL_STATES else {}
         progress = 1.0 if j.state == "done" else live.get("progress")
         rows.append({
             "id": j.id, "state": j.state, "kind": j.kind, "title": j.title,
             "progress": float(progress) if progress is not None else 0.0, "detail": live.get("detail", ""),
-            "val_exam_auc": live.get("val_exam_auc"), "error": j.error, "out_dir": j.out_dir,
+            "val_exam_auc": live.get("val_exam_auc"), "eta_s": live.get("eta_s") if j.state == "running" else None,
+            "time_left": describe_eta(live.get("eta_s")) if j.state == "running" else "", "error": j.error, "out_dir": j.out_dir,
             "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created)),
         })
     return rows

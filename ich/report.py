@@ -22,7 +22,7 @@ from typing import Sequence
 import pandas as pd
 
 from ich.planner import CostModel, arm_outcomes, cheapest_plan, choice_effects, fitted_plans, plan_table
-from ich.results import noise_note, validation_note
+from ich.results import noise_note, study_status, validation_note
 
 REFERENCE_RATIO = 35  # paper-protocol.md §9.1: weak learners on all of RSNA needed ~35x fewer labels
 
@@ -127,8 +127,7 @@ def build_report(study: str | os.PathLike, *, cost: CostModel | None = None, tar
 
     parts = [f"<h1>Label-budget study {html.escape(spec.name or Path(study).name)}</h1>",
              f"<p class='sub'>dataset <code>{html.escape(spec.dataset)}</code> · "
-             f"{len(cells[cells['state'] == 'done'])}/{len(cells)} cells done · state "
-             f"{html.escape(str(progress.get('state', 'unknown')))} · report written "
+             f"{html.escape(study_status(study)['sentence'].replace('**', ''))} · report written "
              f"{time.strftime('%Y-%m-%d %H:%M')}</p>"]
 
     # ---------------------------------------------------------------- the answer

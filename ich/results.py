@@ -1,16 +1,19 @@
-"""A study's results for display: ROC curves of its largest budgets and weak-vs-strong DeLong tests.
+"""A study's results for display: where it stands, ROC curves of its largest budgets, weak-vs-strong DeLong tests.
 
-Both read the run folders of a study's cell table (``study.summarise_study``) and return plain
+They read the run folders of a study's cell table (``study.summarise_study``) and return plain
 dicts and DataFrames, so the app's Results page and the HTML report show the same numbers.
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 
-from ich import noise, runs
+from ich import jobs, noise, runs
 from ich.evaluate import compare_runs, exam_summary
+from ich.study import read_progress
 
 
 def largest_budget_runs(cells: pd.DataFrame) -> dict[str, str]:
@@ -30,8 +33,8 @@ def roc_curves(cells: pd.DataFrame) -> list[dict]:
         exams, _ = runs.read_predictions(run)
         labelled = exams[exams["exam_label"].notna()]
         s = exam_summary(labelled["exam_label"].to_numpy(float), labelled["exam_score"].to_numpy(float))
-        budget = int(done[done["run"] == run]["budget"].iloc[0])
-        curves.append({"name": f"{arm}, budget {budget}", "fpr": s["roc"]["fpr"], "tpr": s["roc"]["tpr"],
+        row = done[done["run"] == run].iloc[0]
+        curves.append({"name": f"{arm}, {int(row['budget'])} labels, seed {int(row['seed'])}", "fpr": s["roc"]["fpr"], "tpr": s["roc"]["tpr"],
                        "auc": s["auc"]})
     return curves
 
@@ -145,3 +148,64 @@ def validation_note(cells: pd.DataFrame) -> str:
         parts.append(f"{free} of {n} cells selected on the fully labelled validation split ({size}, as the "
                      "reference study; not part of the budget — the planner adds them to the cost)")
     return "Model selection: " + "; ".join(parts) + ". The test split is never used to choose anything."
+
+
+#: Column names as the app's tables show them (code names stay in summary.csv).
+COLUMN_WORDS = {
+    "budget": "labels", "seed": "seed", "auc_weak": "weak AUC", "auc_strong": "strong AUC",
+    "diff": "weak − strong", "diff_ci_low": "difference, 95% CI low", "diff_ci_high": "difference, 95% CI high",
+    "p_value": "p (DeLong)", "arm": "arm", "supervision": "label kind", "slice_fraction": "share of slice labels",
+    "label_noise": "label noise", "acquisition": "how labels were chosen", "n_seeds": "seeds",
+    "n_labels": "labels bought", "validation": "model selection", "train_labels": "training labels",
+    "val_labels": "validation labels", "val_label_kind": "validation label kind",
+    "labels_counted": "labels paid for", "lr": "learning rate", "state": "state", "exam_auc": "test exam AUC",
+    "exam_auc_ci_low": "exam AUC, 95% CI low", "exam_auc_ci_high": "exam AUC, 95% CI high",
+    "slice_auc": "test slice AUC", "slice_auc_ci_low": "slice AUC, CI low", "slice_auc_ci_high": "slice AUC, CI high",
+    "sequence_f1": "slice-sequence F1", "sequence_f1_ci_low": "F1, CI low", "sequence_f1_ci_high": "F1, CI high",
+    "pixel_dice": "pixel Dice", "pixel_dice_ci_low": "Dice, CI low", "pixel_dice_ci_high": "Dice, CI high",
+    "seconds": "seconds", "run": "run folder",
+}
+
+
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with plain column names (``COLUMN_WORDS``) and blanks instead of None/NaN in text columns."""
+    out = table.rename(columns={c: COLUMN_WORDS.get(c, c.replace("_", " ")) for c in table.columns})
+    for c in out.columns:
+        if pd.api.types.is_object_dtype(out[c]) or pd.api.types.is_string_dtype(out[c]):
+            out[c] = out[c].fillna("")
+    return out
+
+
+def study_status(study: str | os.PathLike, job: jobs.Job | None = None) -> dict:
+    """Where a study stands, in words, for the Results page and the report.
+
+    Reads the study's progress.json (``jobs.cancel`` writes "cancelled" into it) and, before the
+    study has written anything or after its process is gone, the state of its job.
+
+    Returns:
+        ``{"state", "done", "total", "fraction" (0-1), "sentence", "live"}``; ``live`` is True while
+        it is queued or working (the page keeps refreshing), False once it ended.
+    """
+    p = read_progress(study)
+    state, done, total = p.get("state"), int(p.get("done") or 0), int(p.get("total") or 0)
+    if job is not None and job.state in jobs.FINAL_STATES and state not in ("done", "failed", "cancelled"):
+        state = job.state                                      # the process ended without writing its end
+    elif job is not None and job.state == "queued" and not p:
+        state = "queued"
+    of = f"{done} of {total} cells" if total else "no cell"
+    eta = jobs.describe_eta(jobs.progress_of(study)["eta_s"]) if state == "running" else ""
+    sentence = {
+        None: "Starting: nothing written yet.",
+        "queued": "Queued: it starts when the job it waits for (encoder or an earlier job) has finished.",
+        "preparing": f"Preparing; {of} finished so far.",
+        "pretraining": f"Pretraining the encoder before the first cell ({p.get('detail') or 'starting'}).",
+        "embedding": f"Embedding the slices once for every cell ({p.get('detail') or 'starting'}).",
+        "running": f"Training: {of} finished" + (f", {eta} left." if eta else "."),
+        "done": f"Finished: {of}.",
+        "failed": f"Stopped with failures: {of} finished, {int(p.get('failed') or 0)} failed. Resume it on the "
+                  "**Runs** page to retry them." if p.get("failed") else
+                  f"Stopped: {of} finished when its job failed. Resume it on the **Runs** page.",
+        "cancelled": f"Cancelled: {of} finished before it was stopped. Resume it on the **Runs** page to go on.",
+    }.get(state, f"{state}: {of}.")
+    return {"state": state, "done": done, "total": total, "fraction": done / total if total else 0.0,
+            "sentence": sentence, "live": state not in ("done", "failed", "cancelled")}

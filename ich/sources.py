@@ -145,18 +145,34 @@ class ImportReport:
         }
 
 
+def check_source(source: str, src: str | os.PathLike) -> Path:
+    """The folder an import reads, refused early (before any job is queued) when it is missing or a file."""
+    src = Path(src)
+    what = "the folder that holds the DICOM series" if source == "folder" else f"the {source} dataset folder"
+    if not str(src).strip():
+        raise ValueError(f"no source folder given; give {what}")
+    if not src.exists():
+        raise FileNotFoundError(f"{src} does not exist on this machine; give {what}")
+    if not src.is_dir():
+        raise NotADirectoryError(f"{src} is not a folder; give {what}")
+    return src
+
+
+def check_new_dataset(out: str | os.PathLike) -> Path:
+    """A dataset folder an import or phantom may create: refused early when something is already there."""
+    out = Path(out)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise FileExistsError(f"a dataset named {out.name!r} already exists ({out}); choose another name")
+    return out
+
+
 def _begin(source: str, src, out, *, size: int, workers: int, on_error: str, overwrite: bool,
            split_seed: int) -> tuple[Path, DatasetWriter, ImportReport]:
     """Validate the common arguments; create the writer first so a bad --out fails before any work."""
     dicom.check_on_error(on_error)
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, not {workers!r}")
-    src = Path(src)
-    what = "the folder that holds the DICOM series" if source == "folder" else f"the {source} dataset folder"
-    if not src.exists():
-        raise FileNotFoundError(f"{src} does not exist; give {what}")
-    if not src.is_dir():
-        raise NotADirectoryError(f"{src} is not a folder; give {what}")
+    src = check_source(source, src)
     writer = DatasetWriter(out, source=source, size=size, overwrite=overwrite, split_seed=split_seed)
     return src, writer, ImportReport(source, src, size=size, workers=workers, on_error=on_error)
 

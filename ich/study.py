@@ -6,7 +6,8 @@ Layout of a study folder::
 
     study.json       the resolved spec (dataset, grid, run preset, overrides, encoder file and
                      checksum): the lock; a rerun with another spec is refused
-    progress.json    {"state", "done", "total", "failed", "running", "elapsed_s", "updated"}
+    progress.json    {"state", "done", "total", "failed", "running", "elapsed_s", "updated",
+                      "cells_from" (epoch s the cells began), "cells_done_before" (done before this start)}
     cells.jsonl      one line per cell event (start, done, failed), appended
     summary.csv      one row per cell, then one per (arm, budget) with the mean and 95% CI over seeds;
                      ``validation`` (paid | none | free), ``train_labels``, ``val_labels`` and
@@ -778,7 +779,8 @@ def _run_locked(spec: StudyConfig, out: Path, t0: float, pool, on_progress):
         t_embed = time.perf_counter()
         prepare_embeddings(spec, on_progress=lambda e: progress(
             state="embedding", detail=f"embedding slices: {e['done']}/{e['total']}"))
-        progress(embed_s=round(time.perf_counter() - t_embed, 2), detail="")
+        progress(embed_s=round(time.perf_counter() - t_embed, 2), detail="",
+                 cells_from=time.time(), cells_done_before=done)    # the cells' own pace gives the time left
         running: set[str] = set()
 
         def on_start(task):

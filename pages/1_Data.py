@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ich import jobs, paths
+from ich import jobs, paths, sources
 from ich.labels import SUBTYPES, WINDOWS
 from ich.store import list_datasets, open_dataset
 from ich.views import render_slice
@@ -32,18 +32,19 @@ with st.expander("Generate a synthetic head-CT phantom"):
         if st.form_submit_button("Generate"):
             try:
                 name = paths.check_name(name)
-            except ValueError as err:
+                dicom_out = sources.check_new_dataset(paths.dicom_dir() / name)
+                store_out = sources.check_new_dataset(paths.datasets_dir() / name)
+                synth = jobs.submit(paths.jobs_db(), ["synth", "--out", str(dicom_out), "--exams", str(n_exams),
+                                                      "--size", str(size), "--difficulty", difficulty, "--seed",
+                                                      str(seed), "--anatomy", anatomy],
+                                    kind="synth", out_dir=dicom_out, title=f"synth {name}")
+                jobs.submit(paths.jobs_db(), ["import", "phantom", str(dicom_out), "--out", str(store_out),
+                                              "--size", str(size)], kind="import", out_dir=store_out,
+                            title=f"import {name}", after=synth.id)      # starts once the phantom is written
+            except (ValueError, FileExistsError) as err:
                 st.error(str(err))
-                st.stop()
-            dicom_out, store_out = paths.dicom_dir() / name, paths.datasets_dir() / name
-            jobs.submit(paths.jobs_db(), ["synth", "--out", str(dicom_out), "--exams", str(n_exams), "--size",
-                                          str(size), "--difficulty", difficulty, "--seed", str(seed),
-                                          "--anatomy", anatomy],
-                        kind="synth", out_dir=dicom_out, title=f"synth {name}")
-            jobs.submit(paths.jobs_db(), ["import", "phantom", str(dicom_out), "--out", str(store_out),
-                                          "--size", str(size)], kind="import", out_dir=store_out,
-                        title=f"import {name}")
-            st.success(f"Queued: generate then import `{name}`. Follow it on the **Runs** page.")
+            else:
+                st.success(f"Queued: generate then import `{name}`. Follow it on the **Runs** page.")
 
 with st.expander("Import a dataset from disk (RSNA 2019, CQ500, CT-ICH, any DICOM folder)"):
     with st.form("data_import"):
@@ -52,18 +53,16 @@ with st.expander("Import a dataset from disk (RSNA 2019, CQ500, CT-ICH, any DICO
         name = st.text_input("Dataset name", "my-dataset")
         size = st.selectbox("Cached image size", [128, 256, 512], index=1)
         if st.form_submit_button("Import"):
-            try:
+            try:                                    # refused here, before a job is queued
                 name = paths.check_name(name)
-            except ValueError as err:
-                st.error(str(err))
-                st.stop()
-            if not src.strip():
-                st.error("Enter the folder to import from.")
-            else:
-                out = paths.datasets_dir() / name
-                jobs.submit(paths.jobs_db(), ["import", source, src.strip(), "--out", str(out), "--size", str(size)],
+                folder = sources.check_source(source, src.strip())
+                out = sources.check_new_dataset(paths.datasets_dir() / name)
+                jobs.submit(paths.jobs_db(), ["import", source, str(folder), "--out", str(out), "--size", str(size)],
                             kind="import", out_dir=out, title=f"import {name}")
-                st.success(f"Queued the import of `{src}`. Follow it on the **Runs** page.")
+            except (ValueError, OSError) as err:
+                st.error(str(err))
+            else:
+                st.success(f"Queued the import of `{folder}`. Follow it on the **Runs** page.")
 
 datasets = list_datasets(paths.datasets_dir())
 if datasets.empty:

@@ -3,7 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from ich import archive, jobs, paths
+from ich import archive, jobs, paths, runs
+from ich.figures import epoch_figure
 
 st.set_page_config(page_title="Runs · ICH lab", layout="wide")
 st.title("Runs")
@@ -17,13 +18,23 @@ def job_table():
     if not rows:
         st.info("No jobs yet. Start a run on the **Train** page, or the quick study on the home page.")
         return
+    table = pd.DataFrame(rows)[["id", "state", "kind", "title", "progress", "time_left", "detail", "val_exam_auc",
+                                "error", "created"]]
+    table["val_exam_auc"] = [f"{v:.3f}" if v is not None and pd.notna(v) else "" for v in table["val_exam_auc"]]
+    table["error"] = table["error"].fillna("")                    # blank, never "None"
     st.dataframe(
-        pd.DataFrame(rows)[["id", "state", "kind", "title", "progress", "detail", "val_exam_auc", "error", "created"]],
+        table,
         hide_index=True,
-        column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0),
-                       "val_exam_auc": st.column_config.NumberColumn("val exam AUC", format="%.3f")},
+        column_config={
+            "id": st.column_config.NumberColumn("job", format="%d"),
+            "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0),
+            "time_left": st.column_config.TextColumn("time left", help="At the pace so far"),
+            "val_exam_auc": st.column_config.TextColumn(
+                "validation exam AUC",
+                help="Of the model the run kept (the best so far while it trains); blank when the run held out "
+                     "no validation labels"),
+        },
     )
-
 
 job_table()
 
@@ -69,8 +80,8 @@ if not rows:
     st.stop()
 st.subheader("One job")
 by_id = {r["id"]: r for r in rows}
-job_id = st.selectbox("Job", list(by_id), format_func=lambda i: f"#{i} {by_id[i]['title']} ({by_id[i]['state']})",
-                      key="runs_job")
+job_id = st.selectbox("Job", list(by_id), format_func=lambda i: f"#{i} {by_id[i]['title']} · {by_id[i]['kind']}",
+                      key="runs_job")                         # its state is shown live below, never stale here
 job = by_id[job_id]
 c = st.columns(3)
 if c[0].button("Cancel", disabled=job["state"] not in ("queued", "running")):
@@ -82,4 +93,21 @@ if c[1].button("Resume", disabled=job["state"] not in ("failed", "cancelled")):
 if job["error"]:
     st.error(job["error"])
 st.markdown(f"Writes to `{job['out_dir']}`")
-st.code(jobs.tail_log(jobs.get(paths.jobs_db(), job_id), 30) or "(no output yet)", language=None)
+
+
+@st.fragment(run_every=2)
+def live_job(job_id: int) -> None:
+    """The job's latest state, time left, epoch curves (a single run) and log; refreshed every 2 seconds."""
+    job = next((r for r in jobs.overview(paths.jobs_db()) if r["id"] == job_id), None)
+    if job is None:
+        return
+    left = f" · {job['time_left']} left" if job["time_left"] else ""
+    st.markdown(f"**{job['state'].capitalize()}**{left}" + (f" · {job['detail']}" if job["detail"] else ""))
+    if runs.is_run(job["out_dir"]):
+        epochs = epoch_figure(runs.read_metrics(job["out_dir"]), title="One run, epoch by epoch")
+        if epochs is not None:
+            st.plotly_chart(epochs, key=f"runs_epochs_{job_id}")
+    st.code(jobs.tail_log(jobs.get(paths.jobs_db(), job_id), 30) or "(no output yet)", language=None)
+
+
+live_job(job_id)

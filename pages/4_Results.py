@@ -5,23 +5,27 @@ import math
 import pandas as pd
 import streamlit as st
 
-from ich import paths
+from ich import jobs, paths
 from ich.curves import PowerLawFit, fit_study_curves, label_ratio
 from ich.figures import learning_curve_figure, roc_figure
 from ich.planner import CostModel, arm_outcomes, cheapest_plan, choice_effects
 from ich.report import build_report
-from ich.results import noise_note, roc_curves, significant_count, validation_note, weak_vs_strong
+from ich.results import (noise_note, readable, roc_curves, significant_count, study_status, validation_note,
+                         weak_vs_strong)
 from ich.robustness import has_robustness, study_verdict
-from ich.study import is_study, read_progress, summarise_study
+from ich.study import is_study, summarise_study
 
 st.set_page_config(page_title="Results · ICH lab", layout="wide")
 st.title("Results")
 
+db = paths.jobs_db()
 studies = sorted((p for p in paths.studies_dir().glob("*") if is_study(p)), key=lambda p: p.name, reverse=True)
-if not studies:
+waiting = [j.out_dir for j in jobs.list_jobs(db) if j.kind == "study" and j.state in ("queued", "running")
+           and not is_study(j.out_dir)]                       # launched, but nothing to show yet
+names = list(dict.fromkeys(waiting + [str(p) for p in studies]))
+if not names:
     st.info("No study yet. Run the quick study from the home page, or a study grid from the **Train** page.")
     st.stop()
-names = [str(p) for p in studies]
 current = st.session_state.get("results_study")
 study = st.selectbox("Study", names, index=names.index(current) if current in names else 0,
                      format_func=lambda p: p.rsplit("/", 1)[-1], key="results_pick")
@@ -29,19 +33,28 @@ st.session_state["results_study"] = study
 
 
 @st.fragment(run_every=3)
-def live_progress():
-    p = read_progress(study)
-    total = p.get("total") or 0
-    if total and p.get("done", 0) < total:
-        st.progress(p.get("done", 0) / total, text=f"{p.get('done', 0)}/{total} cells finished · refreshing")
+def live_status():
+    """Where the study stands; the whole page redraws when a cell finishes or the study ends."""
+    status = study_status(study, next((j for j in jobs.list_jobs(db) if j.out_dir == study), None))
+    if status["live"]:
+        st.progress(status["fraction"], text=status["sentence"])
+    elif status["state"] in ("cancelled", "failed"):
+        st.warning(status["sentence"])
+    seen = st.session_state.get("results_seen")
+    now = (study, status["done"], status["live"], is_study(study))
+    st.session_state["results_seen"] = now
+    if seen is not None and seen[0] == study and seen != now:
+        st.rerun()
 
 
-live_progress()
+live_status()
+if not is_study(study):
+    st.info("The study has not written its first results yet; this page updates by itself.")
+    st.stop()
 cells, aggregate = summarise_study(study)
 if aggregate.empty:
-    st.info("No cell has finished yet; the first points appear here within about a minute.")
-    if st.button("Refresh"):
-        st.rerun()
+    st.info("No cell has finished yet; the first points appear here as soon as one has (this page updates by "
+            "itself).")
     st.stop()
 
 with st.sidebar:
@@ -119,14 +132,15 @@ with c[1]:
     if table.empty:
         st.info("Needs a weak and a strong run at the same budget and seed.")
     else:
-        st.dataframe(table, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                                            for c in table.columns if c not in ("budget", "seed")})
+        shown = readable(table)
+        st.dataframe(shown, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                                            for c in shown.columns[2:]})
         k, n = significant_count(table)
         st.caption(f"{k} of {n} comparisons differ at p < 0.05 (two-sided)." if n else
                    "No comparison has a p-value yet (each needs both classes in the test split).")
 
 st.subheader("Every cell")
-st.dataframe(cells.drop(columns=["row"]), hide_index=True, height=260)
+st.dataframe(readable(cells.drop(columns=["row"])), hide_index=True, height=260)
 d = st.columns(2)
 d[0].download_button("Download summary.csv", pd.concat([cells, aggregate]).to_csv(index=False),
                      file_name="summary.csv", mime="text/csv")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -73,13 +75,34 @@ def test_data_page_queues_an_atlas_phantom(app_data, monkeypatch):
     from ich import jobs
 
     queued = []
-    monkeypatch.setattr(jobs, "submit", lambda db, argv, **kw: queued.append(argv))   # nothing really starts
+    after = []
+    monkeypatch.setattr(jobs, "submit", lambda db, argv, **kw: queued.append(argv) or after.append(kw.get("after"))
+                        or SimpleNamespace(id=len(queued)))                   # nothing really starts
     at = run_page(REPO / "pages" / "1_Data.py")
     at.selectbox(key="data_anatomy").set_value("atlas")
     next(b for b in at.button if b.label == "Generate").click().run()
     assert not at.exception, at.exception
     assert queued[0][0] == "synth" and queued[0][-2:] == ["--anatomy", "atlas"]
     assert queued[1][:2] == ["import", "phantom"]
+    assert after == [None, 1]                          # the import waits for the phantom, whatever the slots
+
+
+@pytest.mark.parametrize("problem", ["missing folder", "name taken"])
+def test_data_page_refuses_an_import_before_queueing_it(app_data, tmp_path, problem):
+    from ich import jobs
+
+    at = run_page(REPO / "pages" / "1_Data.py")
+    src = tmp_path / ("nowhere" if problem == "missing folder" else "dicom")
+    if problem == "name taken":
+        src.mkdir()
+    next(t for t in at.text_input if t.label.startswith("Source folder")).set_value(str(src))
+    next(t for t in at.text_input if t.label == "Dataset name").set_value("tiny" if problem == "name taken" else "new")
+    next(b for b in at.button if b.label == "Import").click().run()
+    assert not at.exception
+    expected = "does not exist on this machine" if problem == "missing folder" else "named 'tiny' already exists"
+    assert any(expected in e.value for e in at.error), [e.value for e in at.error]
+    db = app_data / "jobs.sqlite"
+    assert not db.exists() or jobs.list_jobs(db) == []
 
 
 def test_launching_a_run_creates_a_job(app_data):
@@ -350,3 +373,18 @@ def test_glossary_finds_a_term_and_says_when_nothing_matches(app_data):
     assert found and all("specificity" in m.lower() for m in found) and any("Label noise" in m for m in found)
     at.text_input(key="glossary_query").set_value("zebra").run()
     assert "No entry mentions 'zebra'" in at.info[0].value
+
+
+def test_home_is_the_first_page_and_every_page_is_in_the_sidebar():
+    """app.py lists the pages (st.navigation); a page file it forgets would be unreachable."""
+    text = (REPO / "app.py").read_text()
+    listed = re.findall(r'st\.Page\("(pages/[^"]+\.py)", title="([^"]+)"', text)
+    assert listed[0] == ("pages/0_Home.py", "Home") and re.search(r'pages/0_Home.py".*default=True', text)
+    assert sorted(p for p, _ in listed) == sorted(f"pages/{p.name}" for p in PAGES)
+
+
+def test_the_toolbar_is_minimal_for_clinicians():
+    import tomllib
+
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["toolbarMode"] == "minimal"        # no Deploy button, no developer menu

@@ -170,6 +170,12 @@ def test_launch_a_study_and_inspect_it(app_url, page):
     shot(page, shots, "inspect")
 
 
+def selectbox_text(page, label: str) -> str:
+    """What a selectbox shows: its text and the value of its search input."""
+    box = page.locator("[data-testid='stSelectbox']").filter(has=page.get_by_text(label, exact=True)).first
+    return box.inner_text() + " " + " ".join(box.locator("input").evaluate_all("els => els.map(e => e.value)"))
+
+
 def slider_value(page) -> int:
     return int(page.locator("[data-testid='stSliderThumbValue']").first.inner_text())
 
@@ -239,3 +245,58 @@ def test_own_series_uploads_ood_and_strip_click(app_url, page, tiny_phantom_run,
     page.get_by_text(f"slice {target} · HU under the cursor").wait_for()
     shot(page, shots, "inspect-strip-click")
     print("page latencies (s):", {k: round(v, 1) for k, v in timings.items()})
+
+
+def test_cancel_reaches_every_place_and_the_log_and_time_left_update(app_url, page, tmp_path):
+    """Launch a longer study, watch its time left and log move on the Runs page, cancel it there, then every
+    place says cancelled: the jobs table, the job selector, Results (no live bar) and the HTML report."""
+    from ich import jobs
+
+    app_url, root = app_url
+    shots = root.parent / "screenshots"
+    page.goto(f"{app_url}/Train")
+    page.get_by_text("study grid (budgets x seeds)").click()
+    wait_idle(page)
+    budgets = page.get_by_label("Budgets (comma-separated)")
+    budgets.fill("4,6,8")
+    budgets.press("Enter")
+    wait_idle(page)
+    seeds = page.get_by_role("spinbutton", name="Seeds")
+    seeds.fill("8")
+    seeds.press("Enter")
+    wait_idle(page)
+    page.get_by_role("button", name="Launch").click()
+    page.get_by_text("Follow it on the").wait_for()
+    job = jobs.list_jobs(root / "jobs.sqlite")[0]
+
+    page.goto(f"{app_url}/Runs")
+    page.get_by_text("One job").wait_for()
+    log = page.locator("[data-testid='stCode']").last
+    seen_logs, deadline = set(), time.time() + 240
+    while not page.get_by_text(" left · ").count():             # "Running · about 20 s left · 3/48 cells"
+        assert time.time() < deadline, f"no time left shown in 240 s: {jobs.get(root / 'jobs.sqlite', job.id)}"
+        seen_logs.add(log.inner_text())
+        page.wait_for_timeout(1000)
+    seen_logs.add(log.inner_text())
+    assert len(seen_logs) >= 2, "the log panel never changed while the study ran"
+    shot(page, shots, "runs-live")
+
+    page.get_by_role("button", name="Cancel").click()
+    deadline = time.time() + 60
+    while jobs.get(root / "jobs.sqlite", job.id).state != "cancelled":
+        assert time.time() < deadline, "the cancel did not reach the job"
+        page.wait_for_timeout(500)
+    assert "running" not in selectbox_text(page, "Job")              # the job selector never shows a stale state
+    page.get_by_text("Cancelled", exact=True).wait_for()                  # the live panel
+    shot(page, shots, "runs-cancelled")
+
+    page.goto(f"{app_url}/Results")
+    page.get_by_text("Cancelled:").first.wait_for()
+    wait_idle(page)
+    assert page.get_by_text("refreshing").count() == 0
+    assert page.locator("[data-testid='stProgress']").count() == 0        # no live bar for an ended study
+    shot(page, shots, "results-cancelled")
+    with page.expect_download() as download:
+        page.get_by_text("Download the HTML report").click()
+    report = Path(download.value.path()).read_text()
+    assert "Cancelled:" in report and "refreshing" not in report

@@ -79,3 +79,23 @@ def test_noisy_arms_are_drawn_at_their_own_price_on_the_cost_axes():
     fig = learning_curve_figure(agg, x="hours", cost=CostModel())
     xs = {t.name: list(t.x) for t in fig.data if t.name in ("weak", "weak-exam-sens90-spec90")}
     assert xs["weak"] == [pytest.approx(1.0)] and xs["weak-exam-sens90-spec90"] == [pytest.approx(60 / 3600)]
+
+
+def test_log_axes_read_as_plain_numbers():
+    fig = learning_curve_figure(aggregate())
+    assert list(fig.layout.xaxis.tickvals) == [10, 20, 40] and list(fig.layout.xaxis.ticktext) == ["10", "20", "40"]
+    hours = learning_curve_figure(aggregate(), x="hours", cost=CostModel(seconds_per_exam_label=60))
+    text = list(hours.layout.xaxis.ticktext)
+    assert text and all(t.replace(".", "", 1).isdigit() for t in text), text      # 0.2, 0.5, 1: no "2 5 100"
+
+
+def test_epoch_figure_draws_loss_and_validation_per_learning_rate():
+    from ich.figures import epoch_figure
+
+    rows = [{"epoch": e + 10 * i, "lr_factor": f, "lr_epoch": e, "train_loss": 1 / e, "val_exam_auc": 0.5 + e / 40}
+            for i, f in enumerate((0.3, 1.0)) for e in range(1, 11)]
+    fig = epoch_figure(pd.DataFrame(rows))
+    assert [t.name for t in fig.data] == ["training loss learning rate ×0.3", "validation exam AUC learning rate ×0.3",
+                                          "training loss learning rate ×1", "validation exam AUC learning rate ×1"]
+    assert fig.data[1].yaxis == "y2"
+    assert epoch_figure(pd.DataFrame()) is None

@@ -198,7 +198,7 @@ _SUBMIT_AT_BARRIER = """import os, sys, time
 from ich import jobs
 while not os.path.exists(sys.argv[2]):
     time.sleep(0.001)
-jobs.submit(sys.argv[1], ["--help"], kind="help", out_dir="out", start=False)
+jobs.submit(sys.argv[1], ["--help"], kind="help", out_dir=f"out-{os.getpid()}", start=False)  # one writer per folder
 """
 
 
@@ -295,3 +295,35 @@ def test_the_log_shows_a_redrawn_progress_bar_once_in_its_latest_state(tmp_path)
     assert jobs.tail_log(job, 10).splitlines() == ["starting", "train: 100%|####| 10/10",
                                                    "embed: 60%|INFO ich.embed: cache written", "done"]
     assert jobs.tail_log(job, 2).splitlines() == ["embed: 60%|INFO ich.embed: cache written", "done"]
+
+
+def test_a_runs_table_auc_is_the_one_that_chose_its_model_not_the_last_epochs(tmp_path, tiny_phantom_run):
+    import shutil
+
+    from ich import runs
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_phantom_run, run)
+    (run / runs.METRICS_FILE).unlink()
+    for epoch, auc in ((1, 0.70), (2, 0.813), (3, 0.765)):
+        runs.append_metrics(run, {"epoch": epoch, "train_loss": 0.5, "val_exam_auc": auc})
+    status = runs.read_status(run)
+    runs.write_status(run, "running", progress=0.5, best={"epoch": 2, "val_exam_auc": 0.813}, summary=None)
+    live = jobs.progress_of(run, started=time.time() - 20)
+    assert live["val_exam_auc"] == 0.813
+    assert 15 <= live["eta_s"] <= 25                           # half done in 20 s: about 20 s left
+    runs.write_status(run, "done", **{k: status[k] for k in ("summary", "best") if k in status})
+    assert jobs.progress_of(run)["val_exam_auc"] == status["summary"]["val_exam_auc"] and jobs.progress_of(run)["eta_s"] is None
+
+
+def test_a_second_job_for_a_folder_being_written_is_refused(tmp_path):
+    """One writer per folder: a double click (or Enter then the button) queues one job, not two."""
+    db = tmp_path / "jobs.sqlite"
+    first = jobs.submit(db, ["synth", "--out", str(tmp_path / "p"), "--exams", "400"], kind="synth",
+                        out_dir=tmp_path / "p", start=False)
+    with pytest.raises(FileExistsError, match=f"job #{first.id} \\(queued\\) already writes"):
+        jobs.submit(db, ["synth", "--out", str(tmp_path / "p")], kind="synth", out_dir=tmp_path / "p", start=False)
+    jobs.cancel(db, first.id)
+    again = jobs.submit(db, ["synth", "--out", str(tmp_path / "p")], kind="synth", out_dir=tmp_path / "p", start=False)
+    assert again.id != first.id and len(jobs.list_jobs(db)) == 2
+    jobs.cancel(db, again.id)

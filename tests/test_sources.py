@@ -519,7 +519,7 @@ def test_fifo_and_other_special_files_in_an_import_folder_are_skipped_not_waited
 @pytest.mark.parametrize("source,expected", [("folder", "give the folder that holds the DICOM series"),
                                              ("rsna", "give the rsna dataset folder")])
 def test_missing_source_wording(tmp_path, source, expected):
-    with pytest.raises(FileNotFoundError, match=f"does not exist; {expected}$"):
+    with pytest.raises(FileNotFoundError, match=f"does not exist on this machine; {expected}$"):
         _run(source, tmp_path / "nowhere", tmp_path / "out")
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match=f"is not a folder; {expected}$"):

@@ -118,13 +118,21 @@ def run(args) -> int:
         return 0
     t0 = time.perf_counter()
 
+    shown = {"line": "", "counts": "", "t": 0.0}
+
     def on_progress(p: dict) -> None:
+        """One line per change of state or counts; a changing detail (embedding 12/48) at most every 2 s."""
         if args.quiet:
             return
         where = f"robustness {p['variant']} " if p.get("variant") else ""
-        print(f"[{time.perf_counter() - t0:7.1f}s] {where}{p.get('state')}: {p.get('done')}/{p.get('total')} done, "
-              f"{p.get('running')} running, {p.get('failed')} failed" + (f" (last {p['last']})" if p.get("last") else ""),
-              file=sys.stderr, flush=True)
+        counts = (f"{where}{p.get('state')}: {p.get('done')}/{p.get('total')} done, {p.get('running')} running, "
+                  f"{p.get('failed')} failed" + (f" (last {p['last']})" if p.get("last") else ""))
+        line = counts + (f" · {p['detail']}" if p.get("detail") else "")
+        now = time.perf_counter()
+        if line == shown["line"] or (counts == shown["counts"] and now - shown["t"] < 2.0):
+            return
+        shown.update(line=line, counts=counts, t=now)
+        print(f"[{now - t0:7.1f}s] {line}", file=sys.stderr, flush=True)
 
     launch = run_study
     if args.robustness:
