@@ -209,3 +209,22 @@ def study_status(study: str | os.PathLike, job: jobs.Job | None = None) -> dict:
     }.get(state, f"{state}: {of}.")
     return {"state": state, "done": done, "total": total, "fraction": done / total if total else 0.0,
             "sentence": sentence, "live": state not in ("done", "failed", "cancelled")}
+
+
+def run_sentence(summary: dict) -> str:
+    """A finished training run in plain words, from its summary (``train.fit``'s return, status.json's ``summary``)."""
+    if summary.get("state") != "done":
+        return f"The run ended {summary.get('state', 'unknown')}" + (f": {summary['error']}" if summary.get("error") else ".")
+    kind = {"weak": "exam", "strong": "slice", "mixed": "exam and slice"}.get(summary.get("supervision"), "")
+    bought = f"{summary.get('n_labels')} {kind} labels".replace("  ", " ")
+    val = summary.get("val_exam_auc") if summary.get("val_exam_auc") is not None else summary.get("val_slice_auc")
+    which = "exam" if summary.get("val_exam_auc") is not None else "slice"
+    paid = "held out of the labels it bought" if summary.get("validation") == "paid" else "of the validation split"
+    chose = (f"; the kept model reached a validation {which} AUC of {val:.3f} on {summary.get('val_labels')} labels "
+             f"{paid}" if isinstance(val, (int, float)) else "")
+    noisy = f"; {summary['wrong_labels']} of its labels were wrong on purpose ({summary['label_noise']})" \
+        if summary.get("wrong_labels") else ""
+    return (f"Trained a {summary.get('supervision')} learner on {bought} (seed {summary.get('seed')}) in "
+            f"{float(summary.get('seconds') or 0):.0f} s{chose}{noisy}. How the model was chosen: "
+            f"{summary.get('selection') or 'not recorded'}. Score its test split on the **Inspect** page or with "
+            "`python -m ich evaluate RUN`.")

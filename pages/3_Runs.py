@@ -5,6 +5,7 @@ import streamlit as st
 
 from ich import archive, jobs, paths, runs
 from ich.figures import epoch_figure
+from ich.results import run_sentence
 
 st.set_page_config(page_title="Runs · ICH lab", layout="wide")
 st.title("Runs")
@@ -104,6 +105,9 @@ def live_job(job_id: int) -> None:
     left = f" · {job['time_left']} left" if job["time_left"] else ""
     st.markdown(f"**{job['state'].capitalize()}**{left}" + (f" · {job['detail']}" if job["detail"] else ""))
     if runs.is_run(job["out_dir"]):
+        summary = runs.read_status(job["out_dir"]).get("summary")
+        if summary:
+            st.success(run_sentence(summary))
         epochs = epoch_figure(runs.read_metrics(job["out_dir"]), title="One run, epoch by epoch")
         if epochs is not None:
             st.plotly_chart(epochs, key=f"runs_epochs_{job_id}")

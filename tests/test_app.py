@@ -388,3 +388,21 @@ def test_the_toolbar_is_minimal_for_clinicians():
 
     config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
     assert config["client"]["toolbarMode"] == "minimal"        # no Deploy button, no developer menu
+
+
+def test_results_shows_a_launched_study_before_it_has_written_anything(app_data):
+    """Home → Results lands on the queued study (not "No study yet") and says where it stands."""
+    from ich import jobs
+
+    out = app_data / "studies" / "quick-queued"
+    job = jobs.submit(app_data / "jobs.sqlite", ["study", "--preset", "quick", "--out", str(out)], kind="study",
+                      out_dir=out, start=False)
+    try:
+        at = run_page(REPO / "pages" / "4_Results.py", results_study=str(out))
+        assert not at.exception, at.exception
+        assert at.selectbox(key="results_pick").value == str(out)
+        assert any("has not written its first results yet" in i.value for i in at.info)
+        assert not any("No study yet" in i.value for i in at.info)
+        assert any("Queued" in str(p.proto) for p in at.get("progress")), [str(p.proto) for p in at.get("progress")]
+    finally:
+        jobs.cancel(app_data / "jobs.sqlite", job.id)

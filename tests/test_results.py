@@ -58,3 +58,14 @@ def test_eta_words():
     assert jobs.eta_seconds(30, 0.25) == 90
     assert jobs.describe_eta(None) == "" and jobs.describe_eta(42) == "about 40 s"
     assert jobs.describe_eta(150) == "about 2 min"
+
+
+def test_a_finished_run_reads_as_a_sentence_not_a_json_dump(tiny_phantom_run):
+    from ich import runs
+    from ich.results import run_sentence
+
+    summary = runs.read_status(tiny_phantom_run)["summary"]
+    text = run_sentence(summary)
+    assert text.startswith(f"Trained a {summary['supervision']} learner on {summary['n_labels']} ")
+    assert "How the model was chosen: " in text and "{" not in text and "None" not in text
+    assert run_sentence({"state": "cancelled"}) == "The run ended cancelled."

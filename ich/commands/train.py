@@ -50,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override any config field, e.g. train.lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the run's summary as JSON instead of a sentence")
 
 
 def build_config(args):
@@ -119,5 +120,10 @@ def run(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    print(json.dumps({"run": str(out), **summary}, indent=2, default=str))
+    if args.json:
+        print(json.dumps({"run": str(out), **summary}, indent=2, default=str))
+    else:
+        from ich.results import run_sentence   # here, not at the top: it imports torch (2 s on every CLI start)
+
+        print(f"{out}: {run_sentence(summary).replace('**', '')}\nThe full record is in {out / 'status.json'}.")
     return 0 if summary.get("state") == "done" else 1
