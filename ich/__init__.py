@@ -26,7 +26,6 @@ _EXPORTS = {
     "plan_cells": "ich.study",
     "run_study": "ich.study",
     "summarise_study": "ich.study",
-    "read_summary": "ich.study",
     "read_study": "ich.study",
     "read_progress": "ich.study",
     "make_executor": "ich.executors",

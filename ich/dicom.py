@@ -1191,8 +1191,3 @@ def write_series(hu: np.ndarray, out_dir: str | os.PathLike, *, patient_id: str,
         ds.save_as(tmp, enforce_file_format=True)
         os.replace(tmp, target)
     return sops
-
-
-def read_header(path: str | os.PathLike) -> DicomDataset:
-    """Read one file's header without pixel data."""
-    return pydicom.dcmread(path, stop_before_pixels=True)

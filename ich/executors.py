@@ -82,9 +82,6 @@ def plan_workers(workers: int | None, n_tasks: int, *, cores: int | None = None,
 
 
 # ------------------------------------------------------------------------------ local pool
-_WORKER_INFO: dict = {}
-
-
 def _init_worker(threads: int, gpus: list[str], counter, warm: bool) -> None:
     """Pool initializer: pin a GPU and set thread counts before torch is imported, then warm the imports."""
     with counter.get_lock():
@@ -94,7 +91,6 @@ def _init_worker(threads: int, gpus: list[str], counter, warm: bool) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)          # read by torch when it is imported
-    _WORKER_INFO.update(index=index, threads=threads, gpu=gpus[index % len(gpus)] if gpus else None)
     _die_with_parent()
     if warm:
         import torch
@@ -121,11 +117,6 @@ def _die_with_parent(poll_s: float = 1.0) -> None:
                 os._exit(1)
 
     threading.Thread(target=watch, name="ich-parent-watch", daemon=True).start()
-
-
-def worker_info() -> dict:
-    """In a pool worker: ``{"index", "threads", "gpu"}`` (empty elsewhere)."""
-    return dict(_WORKER_INFO)
 
 
 def warm_imports() -> None:

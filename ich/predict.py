@@ -22,6 +22,7 @@ import torch
 from ich import runs
 from ich.config import RunConfig
 from ich.data import BagDataset, VolumeCache, collate_bags, exam_slice_labels, window_slices
+from ich.metrics import roc_auc
 from ich.preprocess import resize
 
 log = logging.getLogger(__name__)
@@ -66,20 +67,12 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def auc(y_true, y_score) -> float:
-    """Exam/slice ROC AUC; NaN when only one class is present or nothing is labelled.
-
-    Private stand-in (sklearn.metrics.roc_auc_score) until ``ich.metrics.roc_auc`` is wired in.
-    """
-    from sklearn.metrics import roc_auc_score
-
+def labelled_auc(y_true, y_score) -> float:
+    """ROC AUC (``metrics.roc_auc``) over the items that carry a label and a score; NaN on one class or none."""
     y = np.asarray(y_true, dtype=float)
     s = np.asarray(y_score, dtype=float)
-    keep = ~np.isnan(y) & ~np.isnan(s)
-    y, s = y[keep], s[keep]
-    if len(y) == 0 or y.min() == y.max():
-        return float("nan")
-    return float(roc_auc_score(y.astype(int), s))
+    keep = ~np.isnan(y) & np.isfinite(s)
+    return roc_auc(y[keep].astype(int), s[keep]) if keep.any() else float("nan")
 
 
 @torch.no_grad()
@@ -135,8 +128,8 @@ def summarize(pred: pd.DataFrame) -> dict:
     exams = pred.groupby("exam_id", sort=False).agg(score=("exam_score", "first"), label=("exam_label", "first"))
     ey = exams["label"].astype("Float64").to_numpy(float, na_value=np.nan)
     sy = pred["slice_label"].astype("Float64").to_numpy(float, na_value=np.nan)
-    return {"exam_auc": auc(ey, exams["score"].to_numpy(float)),
-            "slice_auc": auc(sy, pred["slice_score"].to_numpy(float)),
+    return {"exam_auc": labelled_auc(ey, exams["score"].to_numpy(float)),
+            "slice_auc": labelled_auc(sy, pred["slice_score"].to_numpy(float)),
             "n_exams": int(len(exams)), "n_positive_exams": int(np.nansum(ey))}
 
 

@@ -1,6 +1,7 @@
 """The study report: one self-contained HTML file (plotly.js inlined) with curves, tables, statistics and the spec.
 
-``build_report(study)`` reads a study folder (``ich.study``) and returns the HTML; it opens
+``build_report(study)`` renders a study's answer (``ich.results.study_answer``, the one the Results
+page and ``python -m ich plan`` show) as HTML; it computes no figure of its own. It opens
 offline in any browser (no CDN, no external files). Sections: the answer in plain words
 (labels needed and the strong/weak label ratio at equal AUC, the cheapest plan per target),
 learning curves against labels, annotator hours and money (``ich.figures``), ROC curves and
@@ -21,8 +22,11 @@ from typing import Sequence
 
 import pandas as pd
 
-from ich.planner import CostModel, arm_outcomes, cheapest_plan, choice_effects, fitted_plans, plan_table
-from ich.results import noise_note, study_status, validation_note
+from ich.curves import PowerLawFit
+from ich.planner import CostModel, plan_table
+from ich.results import (COLUMN_WORDS, N_BOOT, StudyAnswer, largest_budget_runs, significant_count,
+                         study_answer)
+from ich.study import read_progress, read_study
 
 REFERENCE_RATIO = 35  # paper-protocol.md §9.1: weak learners on all of RSNA needed ~35x fewer labels
 
@@ -72,52 +76,36 @@ def _ci(m, lo, hi) -> str:
     return f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
-def _largest_budget_runs(cells: pd.DataFrame) -> dict[str, str]:
-    """arm -> run folder of its largest finished budget (lowest seed)."""
-    out = {}
-    done = cells[cells["state"] == "done"]
-    for arm, grp in done.groupby("arm", sort=False):
-        best = grp.sort_values(["budget", "seed"], ascending=[False, True]).iloc[0]
-        out[arm] = best["run"]
-    return out
-
-
 def build_report(study: str | os.PathLike, *, cost: CostModel | None = None, targets: Sequence[float] | None = None,
-                 metric: str = "exam_auc", n_boot: int = 300) -> str:
-    """The HTML report of a study folder (finished or not).
+                 metric: str = "exam_auc", criterion: str = "mean", n_boot: int = N_BOOT) -> str:
+    """The HTML report of a study folder (finished or not): ``render_report(results.study_answer(...))``.
 
     Args:
         study: the study folder.
         cost: the cost model (default ``CostModel()``; its parameters are printed in the report).
         targets: AUC targets for "labels needed", ratios and plans (default: three AUCs every
-            fitted arm reaches inside its budgets, else 0.8/0.9).
+            fitted arm reaches inside its budgets, else the best reached and 0.02 below it).
         metric: the figure the curves and fits use (default the exam AUC).
+        criterion: when a plan reaches a target (``mean`` or ``ci_low``), as on the Results page.
         n_boot: bootstrap replicates of the fits.
 
     Raises:
         FileNotFoundError: ``study`` is not a study folder.
     """
+    return render_report(study_answer(study, cost=cost, targets=targets, criterion=criterion, metric=metric,
+                                      n_boot=n_boot))
+
+
+def render_report(answer: StudyAnswer) -> str:
+    """The HTML of a computed study answer: it renders, it computes no figure of its own."""
     import plotly.io as pio
 
     from ich import runs
-    from ich.curves import PowerLawFit, common_targets, fit_study_curves, label_ratio
     from ich.figures import learning_curve_figure, roc_figure, slice_strip_figure
-    from ich.study import read_progress, read_study, summarise_study
 
-    cost = cost or CostModel()
-    spec, record = read_study(study)
-    cells, aggregate = summarise_study(study)
-    progress = read_progress(study)
-    fits = fit_study_curves(cells, metric=metric, n_boot=n_boot) if len(cells) else {}
-    good = {a: f for a, f in fits.items() if isinstance(f, PowerLawFit)}
-    if not targets:           # AUCs every fitted arm reaches inside its budgets, else ones the best arm reached
-        targets = common_targets(good)
-        if not targets and len(aggregate) and aggregate[metric].notna().any():
-            best = aggregate.groupby("arm")[metric].max().max()
-            targets = sorted({t for t in (round(float(best) - 0.02, 3), round(float(best), 3)) if 0 < t <= 1})
-    targets = list(targets or [])
-    arms = {a: (s, f, n) for a, s, f, n, _ in spec.arm_table}
-
+    spec, cells, aggregate, cost, metric = answer.spec, answer.cells, answer.aggregate, answer.cost, answer.metric
+    good, study = answer.good_fits, answer.study
+    unit = {"weak": "exam labels", "strong": "slice labels"}
     figs: list[str] = []
 
     def add(fig) -> str:
@@ -125,40 +113,31 @@ def build_report(study: str | os.PathLike, *, cost: CostModel | None = None, tar
                                 config={"displaylogo": False, "responsive": True}))
         return figs[-1]
 
-    parts = [f"<h1>Label-budget study {html.escape(spec.name or Path(study).name)}</h1>",
+    parts = [f"<h1>Label-budget study {html.escape(spec.name or study.name)}</h1>",
              f"<p class='sub'>dataset <code>{html.escape(spec.dataset)}</code> · "
-             f"{html.escape(study_status(study)['sentence'].replace('**', ''))} · report written "
+             f"{html.escape(answer.status['sentence'].replace('**', ''))} · report written "
              f"{time.strftime('%Y-%m-%d %H:%M')}</p>"]
 
     # ---------------------------------------------------------------- the answer
     key = []
-    weak = next((a for a in good if arms.get(a, ("",))[0] == "weak"), None)
-    strong = next((a for a in good if arms.get(a, ("",))[0] == "strong"), None)
-    for t in targets:
+    for at in answer.targets:
         line = []
-        for arm, fit in good.items():
-            need = fit.labels_needed(t)
-            unit = "exam labels" if arms[arm][0] == "weak" else "slice labels" if arms[arm][0] == "strong" else "labels"
+        for arm, need in at.needed.items():
             if not math.isfinite(need["n"]):
-                line.append(f"{html.escape(arm)}: fitted curve does not reach it (plateau a = {fit.a:.3f})")
+                line.append(f"{html.escape(arm)}: fitted curve does not reach it (plateau a = {good[arm].a:.3f})")
                 continue
-            line.append(f"{html.escape(arm)} needs {_fmt(need['n'], 0)} {unit} [{_fmt(need['low'], 0)}, "
-                        f"{_fmt(need['high'], 0)}]"
+            line.append(f"{html.escape(arm)} needs {_fmt(need['n'], 0)} {unit.get(answer.arms[arm][0], 'labels')} "
+                        f"[{_fmt(need['low'], 0)}, {_fmt(need['high'], 0)}]"
                         + (" (extrapolated)" if need["extrapolated"] else ""))
-        if weak and strong:
-            r = label_ratio(good[strong], good[weak], t)
-            if math.isfinite(r["ratio"]):
-                line.append(f"strong/weak label ratio {_fmt(r['ratio'], 1)} [{_fmt(r['low'], 1)}, "
-                            f"{_fmt(r['high'], 1)}]")
-        plan = cheapest_plan(aggregate, cost, t, metric=metric) if len(aggregate) else None
-        line.append("cheapest observed plan: " + (html.escape(plan.sentence().replace("**", "")) if plan
+        if at.ratio is not None and math.isfinite(at.ratio["ratio"]):
+            line.append(f"strong/weak label ratio {_fmt(at.ratio['ratio'], 1)} [{_fmt(at.ratio['low'], 1)}, "
+                        f"{_fmt(at.ratio['high'], 1)}]")
+        line.append("cheapest observed plan: " + (html.escape(at.plan.sentence().replace("**", "")) if at.plan
                                                    else "none reaches it"))
-        line += [html.escape(a) for a in arm_outcomes(aggregate, fits, cost, t, metric=metric)]
-        line += [html.escape(a) for a in choice_effects(aggregate, cost, t, metric=metric)] if len(aggregate) else []
-        key.append(f"<li><b>{html.escape(metric)} {t:.3f}</b>: " + "; ".join(line) + "</li>")
-    noisy = noise_note(cells)
-    parts.append("<h2>The answer</h2><div class='key'><p>" + html.escape(validation_note(cells))
-                 + (f" {html.escape(noisy)}" if noisy else "") + "</p><ul>"
+        line += [html.escape(a) for a in at.outcomes + at.effects]
+        key.append(f"<li><b>{html.escape(metric)} {at.target:.3f}</b>: " + "; ".join(line) + "</li>")
+    parts.append("<h2>The answer</h2><div class='key'><p>" + html.escape(answer.validation)
+                 + (f" {html.escape(answer.noise)}" if answer.noise else "") + "</p><ul>"
                  + "".join(key) + "</ul>"
                  f"<p class='note'>Label ratio = slice labels the strong learner needs / exam labels the weak learner "
                  f"needs for the same {html.escape(metric)} (power-law fits, 95% bootstrap intervals over seeds). "
@@ -166,19 +145,24 @@ def build_report(study: str | os.PathLike, *, cost: CostModel | None = None, tar
                  f"{REFERENCE_RATIO}× fewer labels (the number of slices per exam; paper-protocol.md §9.1).</p></div>")
 
     # ---------------------------------------------------------------- robustness (study run with --robustness)
-    parts += _robustness_section(study, cost, targets, metric)
+    verdicts = [at for at in answer.targets if at.robustness is not None]
+    if verdicts:
+        parts.append("<h2>Robustness of the answer</h2><p class='note'>The same grid rerun under recipe changes "
+                     "(<code>python -m ich study ... --robustness</code>); cheapest observed plan by the "
+                     f"{html.escape(answer.criterion)} rule.</p>")
+        for at in verdicts:
+            parts.append(f"<div class='key'><p>{html.escape(at.robustness.sentence)}</p></div>")
+            parts.append(_table(pd.DataFrame(at.robustness.rows()), ["variant", "change", "cheapest plan", "cost",
+                                                                     "flips?"]))
 
     # ---------------------------------------------------------------- curves
     parts.append("<h2>Learning curves</h2><p class='note'>Mean over seeds with its 95% CI (Student t), every seed "
                  "as a faint point, and the power-law fit a − b·n<sup>−c</sup> (dashed) with its bootstrap band. "
                  "Log-scale x.</p>")
     if len(cells[cells["state"] == "done"]):
-        parts.append(add(learning_curve_figure(aggregate, cells=cells, fits=good, metric=metric, x="labels",
-                                               title=f"{metric} vs labels bought")))
-        parts.append(add(learning_curve_figure(aggregate, cells=cells, fits=good, metric=metric, x="hours", cost=cost,
-                                               title=f"{metric} vs annotator hours")))
-        parts.append(add(learning_curve_figure(aggregate, cells=cells, fits=good, metric=metric, x="cost", cost=cost,
-                                               title=f"{metric} vs annotation cost")))
+        for x, words in (("labels", "labels bought"), ("hours", "annotator hours"), ("cost", "annotation cost")):
+            parts.append(add(learning_curve_figure(aggregate, cells=cells, fits=good, metric=metric, x=x,
+                                                   cost=None if x == "labels" else cost, title=f"{metric} vs {words}")))
         for other in ("sequence_f1", "slice_auc", "pixel_dice"):
             if other != metric and cells[other].notna().any():
                 parts.append(add(learning_curve_figure(aggregate, cells=cells, metric=other, x="labels",
@@ -186,26 +170,26 @@ def build_report(study: str | os.PathLike, *, cost: CostModel | None = None, tar
     else:
         parts.append("<p class='note'>No finished cell yet.</p>")
 
-    # ---------------------------------------------------------------- ROC and one exam
-    largest = _largest_budget_runs(cells)
-    curves, strips = [], []
-    for arm, run in largest.items():
+    # ---------------------------------------------------------------- ROC, DeLong and one exam
+    if answer.roc:
+        parts.append("<h2>ROC at the largest budget</h2><p class='note'>One run per arm: its largest finished "
+                     "budget, lowest seed; test split.</p>")
+        parts.append(add(roc_figure(answer.roc)))
+    if not answer.delong.empty:
+        k, n = significant_count(answer.delong)
+        parts.append("<h2>Weak vs strong, paired DeLong</h2>" + _table(
+            answer.delong, list(answer.delong.columns), [COLUMN_WORDS.get(c, c) for c in answer.delong.columns])
+            + f"<p class='note'>{k} of {n} comparisons differ at p &lt; 0.05 (two-sided).</p>")
+    strips = []
+    for arm, run in largest_budget_runs(cells).items():
         try:
-            m = runs.read_evaluation(run)
-            roc = (m.get("exam") or {}).get("roc")
-            if roc:
-                curves.append({"name": f"{arm} @ {Path(run).name}", "fpr": roc["fpr"], "tpr": roc["tpr"],
-                               "auc": (m.get("exam") or {}).get("auc")})
             exams, slices = runs.read_predictions(run)
-            pos = exams[pd.to_numeric(exams["exam_label"], errors="coerce") == 1]
-            if len(pos):
-                exam_id = pos.sort_values("exam_id")["exam_id"].iloc[0]
-                strips.append(slice_strip_figure(slices, exam_id, title=f"{arm} @ {Path(run).name}: exam {exam_id}"))
         except (FileNotFoundError, ValueError, KeyError):
             continue
-    if curves:
-        parts.append("<h2>ROC at the largest budget</h2>")
-        parts.append(add(roc_figure(curves)))
+        pos = exams[pd.to_numeric(exams["exam_label"], errors="coerce") == 1]
+        if len(pos):
+            exam_id = pos.sort_values("exam_id")["exam_id"].iloc[0]
+            strips.append(slice_strip_figure(slices, exam_id, title=f"{arm} @ {Path(run).name}: exam {exam_id}"))
     if strips:
         parts.append("<h2>One positive test exam along its slices</h2><p class='note'>Truth, slice probability "
                      "and attention (scaled by its maximum; strong learners have none).</p>")
@@ -213,31 +197,21 @@ def build_report(study: str | os.PathLike, *, cost: CostModel | None = None, tar
 
     # ---------------------------------------------------------------- statistics
     parts.append("<h2>Power-law fits</h2>")
-    rows = []
-    for arm, fit in fits.items():
-        if isinstance(fit, PowerLawFit):
-            rows.append({"arm": arm, **fit.to_dict()})
-        else:
-            rows.append({"arm": arm, "method": f"no fit: {fit}"})
+    rows = [{"arm": arm, **fit.to_dict()} if isinstance(fit, PowerLawFit) else {"arm": arm, "method": f"no fit: {fit}"}
+            for arm, fit in answer.fits.items()]
     parts.append(_table(pd.DataFrame(rows), ["arm", "a", "b", "c", "rmse", "n_points", "n_min", "n_max", "method",
                                              "n_replicates"]) if rows else "<p class='note'>(no fit yet)</p>")
-    if targets and good:
-        rows = []
-        for t in targets:
-            for arm, fit in good.items():
-                need = fit.labels_needed(t)
-                rows.append({"target": t, "arm": arm, "labels": need["n"], "low": need["low"], "high": need["high"],
-                             "extrapolated": "yes" if need["extrapolated"] else "no"})
-        parts.append("<h3>Labels needed</h3>" + _table(pd.DataFrame(rows), ["target", "arm", "labels", "low", "high",
-                                                                             "extrapolated"]))
-        plans = []
-        for t in targets:
-            for p in fitted_plans(good, arms, cost, t):
-                plans.append({"target": t, **p.to_dict()})
-        if plans:
-            parts.append("<h3>Plans read off the fits (cheapest first per target)</h3>" + _table(
-                pd.DataFrame(plans), ["target", "arm", "budget", "budget_low", "budget_high", "hours", "cost"],
-                ["target", "arm", "labels", "low", "high", "hours", f"cost ({cost.currency})"]))
+    needed = [{"target": at.target, "arm": arm, "labels": need["n"], "low": need["low"], "high": need["high"],
+               "extrapolated": "yes" if need["extrapolated"] else "no"}
+              for at in answer.targets for arm, need in at.needed.items()]
+    if needed:
+        parts.append("<h3>Labels needed</h3>" + _table(pd.DataFrame(needed), ["target", "arm", "labels", "low", "high",
+                                                                               "extrapolated"]))
+    plans = [{"target": at.target, **p.to_dict()} for at in answer.targets for p in at.fitted]
+    if plans:
+        parts.append("<h3>Plans read off the fits (cheapest first per target)</h3>" + _table(
+            pd.DataFrame(plans), ["target", "arm", "budget", "budget_low", "budget_high", "hours", "cost"],
+            ["target", "arm", "labels", "low", "high", "hours", f"cost ({cost.currency})"]))
 
     # ---------------------------------------------------------------- tables
     parts.append("<h2>Mean over seeds per arm and budget</h2>")
@@ -262,28 +236,15 @@ def build_report(study: str | os.PathLike, *, cost: CostModel | None = None, tar
 
     # ---------------------------------------------------------------- spec
     parts.append("<h2>Study spec and cost model</h2>")
-    parts.append(f"<pre>{html.escape(json.dumps({'study': record, 'cost_model': cost.to_dict(), 'progress': progress}, indent=2, default=str))}</pre>")
+    record = {"study": read_study(study)[1], "cost_model": cost.to_dict(), "criterion": answer.criterion,
+              "progress": read_progress(study)}
+    parts.append(f"<pre>{html.escape(json.dumps(record, indent=2, default=str))}</pre>")
     parts.append("<p class='note'>Per-cell figures: exam AUC with DeLong 95% CI on the test split; slice AUC of slice "
                  "probabilities; hemorrhage-sequence F1 (attention rule for weak, probability rule for strong); median "
                  "Otsu Dice of Grad-CAM maps against lesion masks. Generated by <code>python -m ich report</code>.</p>")
     body = "\n".join(parts)
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Study "
-            f"{html.escape(spec.name or Path(study).name)}</title><style>{CSS}</style></head><body>{body}</body></html>")
-
-
-def _robustness_section(study, cost: CostModel, targets: Sequence[float], metric: str) -> list[str]:
-    """Does the cheapest plan survive the recipe variants (``ich.robustness``)? Nothing when the study has none."""
-    from ich.robustness import has_robustness, study_verdict
-
-    if not has_robustness(study) or not targets:
-        return []
-    out = ["<h2>Robustness of the answer</h2><p class='note'>The same grid rerun under recipe changes "
-           "(<code>python -m ich study ... --robustness</code>); cheapest observed plan by mean AUC over seeds.</p>"]
-    for t in targets:
-        v = study_verdict(study, cost, t, metric=metric)
-        out.append(f"<div class='key'><p>{html.escape(v.sentence)}</p></div>")
-        out.append(_table(pd.DataFrame(v.rows()), ["variant", "change", "cheapest plan", "cost", "flips?"]))
-    return out
+            f"{html.escape(spec.name or study.name)}</title><style>{CSS}</style></head><body>{body}</body></html>")
 
 
 def write_report(study: str | os.PathLike, out: str | os.PathLike | None = None, **kwargs) -> Path:

@@ -1,19 +1,142 @@
-"""A study's results for display: where it stands, ROC curves of its largest budgets, weak-vs-strong DeLong tests.
+"""A study's answer, computed once: where it stands, curves and fits, plans, label ratio, ROC, weak-vs-strong DeLong.
 
-They read the run folders of a study's cell table (``study.summarise_study``) and return plain
+``study_answer`` is what the Results page, the HTML report (``ich.report``) and ``python -m ich plan``
+render; none of them computes a figure of its own, so the three always say the same. The helpers
+below it read the run folders of a study's cell table (``study.summarise_study``) and return plain
 dicts and DataFrames, so the app's Results page and the HTML report show the same numbers.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ich import jobs, noise, runs
+from ich.curves import PowerLawFit, common_targets, fit_study_curves, label_ratio
 from ich.evaluate import compare_runs, exam_summary
-from ich.study import read_progress
+from ich.planner import CostModel, Plan, arm_outcomes, cheapest_plan, choice_effects, fitted_plans
+from ich.robustness import has_robustness, study_verdict
+from ich.study import read_progress, read_study, summarise_study
+
+
+#: Bootstrap replicates of the power-law fits, the same wherever the answer is shown.
+N_BOOT = 200
+
+
+@dataclass(frozen=True)
+class TargetAnswer:
+    """What a study says about one target (e.g. exam AUC 0.90)."""
+
+    target: float
+    plan: Plan | None                  # the cheapest observed plan by the criterion, or None when none reaches it
+    outcomes: list[str]                # one sentence per arm (``planner.arm_outcomes``)
+    effects: list[str]                 # how each buying choice moved the cost (``planner.choice_effects``)
+    needed: dict[str, dict]            # arm -> ``PowerLawFit.labels_needed`` (fitted arms only)
+    fitted: list[Plan]                 # plans read off the fits, cheapest first
+    ratio: dict | None                 # slice labels per exam label at equal AUC (``curves.label_ratio``), or None
+    robustness: Any = None             # ``robustness.Verdict`` when the study was run with --robustness
+
+
+@dataclass(frozen=True)
+class StudyAnswer:
+    """A study's answer (``study_answer``): every figure the Results page, the report and ``plan`` show."""
+
+    study: Path
+    spec: Any                          # ``study.StudyConfig``
+    status: dict                       # ``study_status``
+    cells: pd.DataFrame                # one row per cell (``study.summarise_study``)
+    aggregate: pd.DataFrame            # one row per arm and budget: mean and 95% CI over seeds
+    fits: dict                         # arm -> ``PowerLawFit`` or the reason there is none
+    cost: CostModel
+    metric: str
+    criterion: str
+    validation: str                    # how the cells chose their models, in words
+    noise: str                         # which arms trained on noisy labels, in words ("" when none)
+    targets: tuple[TargetAnswer, ...]
+    roc: list[dict] = field(default_factory=list)          # ROC of each arm's largest budget (test predictions)
+    delong: pd.DataFrame = field(default_factory=pd.DataFrame)   # weak vs strong, paired DeLong, per budget and seed
+
+    @property
+    def good_fits(self) -> dict[str, PowerLawFit]:
+        return {a: f for a, f in self.fits.items() if isinstance(f, PowerLawFit)}
+
+    @property
+    def arms(self) -> dict[str, tuple]:
+        """arm -> (supervision, slice fraction, label noise, acquisition)."""
+        return {a: (sup, frac, nz, acq) for a, sup, frac, nz, acq in self.spec.arm_table}
+
+
+def reference_arms(arm_table) -> tuple[str | None, str | None]:
+    """The weak and the strong arm the label ratio compares: clean labels, bought at random (not a noise or
+    acquisition variant of them)."""
+    plain = {sup: arm for arm, sup, _, nz, acq in reversed(list(arm_table)) if not nz and acq in ("random", "", None)}
+    return plain.get("weak"), plain.get("strong")
+
+
+def study_answer(study: str | os.PathLike, *, cost: CostModel | None = None, targets: Sequence[float] | None = None,
+                 criterion: str = "mean", metric: str = "exam_auc", n_boot: int = N_BOOT,
+                 job: jobs.Job | None = None) -> StudyAnswer:
+    """Compute a study's answer once.
+
+    Args:
+        study: the study folder.
+        cost: prices of labels (default ``CostModel()``).
+        targets: the targets to answer; default: three AUCs every fitted arm reaches inside its budgets,
+            else the best mean reached and 0.02 below it.
+        criterion: ``mean`` (its mean over seeds reaches the target) or ``ci_low`` (its 95% CI's low end does).
+        metric: the figure curves, fits and plans use (``exam_auc``, ``slice_auc``, ``sequence_f1``, ``pixel_dice``).
+        n_boot: bootstrap replicates of the fits (``N_BOOT`` everywhere the app shows an answer).
+        job: the study's job, if known (its state is used once its process is gone).
+
+    Raises:
+        FileNotFoundError: ``study`` is not a study folder.
+    """
+    cost = cost or CostModel()
+    spec, _ = read_study(study)
+    cells, aggregate = summarise_study(study)
+    fits = fit_study_curves(cells, metric=metric, n_boot=n_boot) if len(cells) else {}
+    good = {a: f for a, f in fits.items() if isinstance(f, PowerLawFit)}
+    if targets is None:
+        targets = common_targets(good)
+        if not targets and len(aggregate) and aggregate[metric].notna().any():
+            best = float(aggregate.groupby("arm")[metric].max().max())
+            targets = sorted({t for t in (round(best - 0.02, 3), round(best, 3)) if 0 < t <= 1})
+    arms = {a: (sup, frac, nz) for a, sup, frac, nz, _ in spec.arm_table}
+    weak, strong = reference_arms(spec.arm_table)
+    robust = has_robustness(study)
+    answers = []
+    for t in targets:
+        observed = len(aggregate) > 0
+        answers.append(TargetAnswer(
+            target=float(t),
+            plan=cheapest_plan(aggregate, cost, t, criterion=criterion, metric=metric) if observed else None,
+            outcomes=arm_outcomes(aggregate, fits, cost, t, metric=metric) if observed else [],
+            effects=choice_effects(aggregate, cost, t, criterion=criterion, metric=metric) if observed else [],
+            needed={a: f.labels_needed(t) for a, f in good.items()},
+            fitted=fitted_plans(good, arms, cost, t),
+            ratio=label_ratio(good[strong], good[weak], t) if weak in good and strong in good else None,
+            robustness=study_verdict(study, cost, t, criterion=criterion, metric=metric) if robust else None))
+    return StudyAnswer(study=Path(study), spec=spec, status=study_status(study, job), cells=cells,
+                       aggregate=aggregate, fits=fits, cost=cost, metric=metric, criterion=criterion,
+                       validation=validation_note(cells), noise=noise_note(cells), targets=tuple(answers),
+                       roc=roc_curves(cells), delong=weak_vs_strong(cells))
+
+
+def ratio_sentence(r: dict | None, target: float) -> str:
+    """The label ratio at a target in words, or "" when the study has no fitted weak and strong arm."""
+    if r is None:
+        return ""
+    if not all(math.isfinite(v) for v in (r["ratio"], r["low"], r["high"])):
+        return (f"Label ratio at AUC {target:.2f}: not estimable with these budgets (a fitted curve does not reach the "
+                "target, or the seeds are too few for an interval).")
+    return (f"At AUC {target:.2f} the fitted curves need **{r['ratio']:.1f}×** as many slice labels as exam labels "
+            f"(95% interval {r['low']:.1f}–{r['high']:.1f}); the reference study reports ≈35× on RSNA.")
 
 
 def largest_budget_runs(cells: pd.DataFrame) -> dict[str, str]:

@@ -933,18 +933,3 @@ def write_summary(study: str | os.PathLike):
     both.to_csv(tmp, index=False)
     os.replace(tmp, p)
     return cells, aggregate
-
-
-def read_summary(study: str | os.PathLike):
-    """``(cells, aggregate)`` from summary.csv (written after every finished cell)."""
-    import pandas as pd
-
-    p = Path(study) / SUMMARY_FILE
-    if not p.is_file():
-        raise FileNotFoundError(f"{study} has no {SUMMARY_FILE} yet; it is written when the first cell finishes "
-                                "(`python -m ich study ...`)")
-    df = pd.read_csv(p)
-    cells = df[df["row"] == "cell"].reset_index(drop=True)
-    aggregate = df[df["row"] == "mean"].reset_index(drop=True)
-    return cells, aggregate
-

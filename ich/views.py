@@ -46,16 +46,6 @@ def render_slice(hu: np.ndarray, window_name: str | tuple[float, float] = "brain
     return rgb.clip(0, 255).astype(np.uint8)
 
 
-def render_heatmap(hu: np.ndarray, heat: np.ndarray, window_name: str | tuple[float, float] = "brain", alpha: float = 0.5) -> np.ndarray:
-    """Blend a non-negative heatmap (H, W) (scaled to its max) over a windowed slice, in a red-yellow ramp."""
-    base = render_slice(hu, window_name).astype(np.float32)
-    h = np.clip(np.asarray(heat, dtype=np.float32), 0, None)
-    h = h / h.max() if h.max() > 0 else h
-    ramp = np.stack([np.full_like(h, 255.0), 255.0 * h, np.zeros_like(h)], axis=-1)  # red -> yellow
-    a = (alpha * h)[..., None]
-    return ((1 - a) * base + a * ramp).clip(0, 255).astype(np.uint8)
-
-
 def subtype_legend_html() -> str:
     """One coloured square per hemorrhage subtype, as the mask overlay draws them (HTML for the app)."""
     items = "".join(f'<span style="white-space:nowrap;margin-right:14px"><span style="display:inline-block;width:12px;'

@@ -1,19 +1,14 @@
 """Results: learning curves vs labels and annotator-hours, fits, ROC, weak-vs-strong DeLong and the planner."""
 
-import math
-
 import pandas as pd
 import streamlit as st
 
 from ich import jobs, paths
-from ich.curves import PowerLawFit, fit_study_curves, label_ratio
 from ich.figures import learning_curve_figure, roc_figure
-from ich.planner import CostModel, arm_outcomes, cheapest_plan, choice_effects
-from ich.report import build_report
-from ich.results import (noise_note, readable, roc_curves, significant_count, study_status, validation_note,
-                         weak_vs_strong)
-from ich.robustness import has_robustness, study_verdict
-from ich.study import is_study, summarise_study
+from ich.planner import CostModel
+from ich.report import render_report
+from ich.results import readable, ratio_sentence, significant_count, study_answer, study_status
+from ich.study import is_study
 
 st.set_page_config(page_title="Results · ICH lab", layout="wide")
 st.title("Results")
@@ -51,8 +46,7 @@ live_status()
 if not is_study(study):
     st.info("The study has not written its first results yet; this page updates by itself.")
     st.stop()
-cells, aggregate = summarise_study(study)
-if aggregate.empty:
+if study_status(study)["done"] == 0:
     st.info("No cell has finished yet; the first points appear here as soon as one has (this page updates by "
             "itself).")
     st.stop()
@@ -69,80 +63,71 @@ with st.sidebar:
                  "every label in a study arm trained with label noise"),
     )
 
-fits = fit_study_curves(cells, n_boot=200)
-good = {arm: fit for arm, fit in fits.items() if isinstance(fit, PowerLawFit)}
-metric = st.radio("Figure", ["exam_auc", "sequence_f1", "slice_auc"], horizontal=True, key="results_metric",
-                  format_func={"exam_auc": "exam AUC", "sequence_f1": "slice-sequence F1",
-                               "slice_auc": "slice AUC"}.get)
-c = st.columns(2)
-c[0].plotly_chart(learning_curve_figure(aggregate, cells=cells, fits=good if metric == "exam_auc" else None,
-                                        metric=metric, x="labels", title="vs number of labels"))
-c[1].plotly_chart(learning_curve_figure(aggregate, cells=cells, fits=good if metric == "exam_auc" else None,
-                                        metric=metric, x="hours", cost=cost, title="vs annotator-hours"))
-for arm, fit in fits.items():
-    if not isinstance(fit, PowerLawFit):
-        st.caption(f"No power-law fit for {arm}: {fit}")
-st.info(validation_note(cells))
-noisy = noise_note(cells)
-if noisy:
-    st.info(noisy)
-
+figures = st.container()                 # drawn once the answer below is computed
 st.subheader("Plan the cheapest labelling")
 target = st.slider("Target exam AUC", 0.50, 0.99, 0.85, 0.01, key="results_target")
 criterion = st.radio("A plan reaches the target when", ["mean", "ci_low"], horizontal=True, key="results_criterion",
                      format_func={"mean": "its mean over seeds does", "ci_low": "the lower end of its 95% CI does "
                                   "(cautious)"}.get)
-plan = cheapest_plan(aggregate, cost, target, criterion=criterion)
-if plan is None:
+answer = study_answer(study, cost=cost, targets=[target], criterion=criterion)   # page, report and `plan` share it
+at = answer.targets[0]
+
+with figures:
+    metric = st.radio("Figure", ["exam_auc", "sequence_f1", "slice_auc"], horizontal=True, key="results_metric",
+                      format_func={"exam_auc": "exam AUC", "sequence_f1": "slice-sequence F1",
+                                   "slice_auc": "slice AUC"}.get)
+    fits = answer.good_fits if metric == "exam_auc" else None
+    c = st.columns(2)
+    c[0].plotly_chart(learning_curve_figure(answer.aggregate, cells=answer.cells, fits=fits, metric=metric,
+                                            x="labels", title="vs number of labels"))
+    c[1].plotly_chart(learning_curve_figure(answer.aggregate, cells=answer.cells, fits=fits, metric=metric,
+                                            x="hours", cost=cost, title="vs annotator-hours"))
+    for arm, fit in answer.fits.items():
+        if arm not in answer.good_fits:
+            st.caption(f"No power-law fit for {arm}: {fit}")
+    st.info(answer.validation)
+    if answer.noise:
+        st.info(answer.noise)
+
+if at.plan is None:
     st.warning(f"No arm of this study reached an exam AUC of {target:.2f} by this rule; lower the target, choose "
                "the other rule, or add larger budgets.")
 else:
-    (st.success if plan.criterion == "ci_low" or plan.auc_ci_low >= target else st.warning)(plan.sentence())
-for line in arm_outcomes(aggregate, fits, cost, target):
+    (st.success if at.plan.criterion == "ci_low" or at.plan.auc_ci_low >= target else st.warning)(at.plan.sentence())
+for line in at.outcomes:
     st.markdown(f"- {line}")
-effects = choice_effects(aggregate, cost, target, criterion=criterion)
-if effects:
+if at.effects:
     st.markdown("**How each way of buying moved the cost** (against the same learner with clean labels bought at "
                 "random, by the rule chosen above):")
-    for line in effects:
+    for line in at.effects:
         st.markdown(f"- {line}")
-weak = next((f for a, f in good.items() if a.startswith("weak")), None)
-strong = next((f for a, f in good.items() if a.startswith("strong")), None)
-r = label_ratio(strong, weak, target) if weak and strong else None
-if r is not None and not all(math.isfinite(v) for v in (r["ratio"], r["low"], r["high"])):
-    st.caption(f"Label ratio at AUC {target:.2f}: not estimable with these budgets (a fitted curve does not "
-               "reach the target, or the seeds are too few for an interval).")
-elif r is not None:
-    st.markdown(f"At AUC {target:.2f} the fitted curves need **{r['ratio']:.1f}×** as many slice labels as exam "
-                f"labels (95% interval {r['low']:.1f}–{r['high']:.1f}); the reference study reports ≈35× on RSNA.")
-if has_robustness(study):   # run with --robustness: does the cheapest plan survive changes of the training recipe?
-    robust = study_verdict(study, cost, target)
+if at.ratio is not None:
+    (st.caption if "not estimable" in ratio_sentence(at.ratio, target) else st.markdown)(ratio_sentence(at.ratio, target))
+if at.robustness is not None:   # run with --robustness: does the cheapest plan survive changes of the recipe?
+    robust = at.robustness
     (st.success if robust.robust else st.warning if robust.flipped else st.info)(robust.sentence)
     st.dataframe(pd.DataFrame(robust.rows()), hide_index=True)
     st.caption("Each row reruns the whole study (same arms, budgets, seeds and encoder) with one change to the "
                "training recipe; “flips?” says whether the cheapest plan for this target changes arm or budget.")
 
-c = st.columns(2)
-with c[0]:
-    st.subheader("ROC at the largest budgets")
-    st.plotly_chart(roc_figure(roc_curves(cells)))
-with c[1]:
-    st.subheader("Weak vs strong, paired DeLong")
-    table = weak_vs_strong(cells)
-    if table.empty:
-        st.info("Needs a weak and a strong run at the same budget and seed.")
-    else:
-        shown = readable(table)
-        st.dataframe(shown, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                                            for c in shown.columns[2:]})
-        k, n = significant_count(table)
-        st.caption(f"{k} of {n} comparisons differ at p < 0.05 (two-sided)." if n else
-                   "No comparison has a p-value yet (each needs both classes in the test split).")
+st.subheader("ROC at the largest budgets")
+st.caption("One run per arm: its largest finished budget, lowest seed (the legend names it); test split.")
+st.plotly_chart(roc_figure(answer.roc))
+st.subheader("Weak vs strong, paired DeLong")
+if answer.delong.empty:
+    st.info("Needs a weak and a strong run at the same budget and seed.")
+else:
+    shown = readable(answer.delong)
+    st.dataframe(shown, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                                        for c in shown.columns[2:]})
+    k, n = significant_count(answer.delong)
+    st.caption(f"{k} of {n} comparisons differ at p < 0.05 (two-sided)." if n else
+               "No comparison has a p-value yet (each needs both classes in the test split).")
 
 st.subheader("Every cell")
-st.dataframe(readable(cells.drop(columns=["row"])), hide_index=True, height=260)
+st.dataframe(readable(answer.cells.drop(columns=["row"])), hide_index=True, height=260)
 d = st.columns(2)
-d[0].download_button("Download summary.csv", pd.concat([cells, aggregate]).to_csv(index=False),
+d[0].download_button("Download summary.csv", pd.concat([answer.cells, answer.aggregate]).to_csv(index=False),
                      file_name="summary.csv", mime="text/csv")
-d[1].download_button("Download the HTML report", build_report(study, cost=cost, n_boot=200),
+d[1].download_button("Download the HTML report (this target and cost)", render_report(answer),
                      file_name="report.html", mime="text/html")

@@ -26,6 +26,7 @@ SHOTS = REPO / "tests" / "screenshots"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="weak-m48-s0", help="the study run the Inspect page shows")
+    parser.add_argument("--study", default="quick", help="the study the Results page shows")
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
@@ -52,8 +53,20 @@ def main(argv: list[str] | None = None) -> int:
             shot("", "home", "Positive exams")
             shot("Data", "data", "Slice viewer")
             shot("Train", "train", "Launch")
-            shot("Runs", "runs", "Runs")
-            shot("Results", "results", "Plan the cheapest labelling")
+            shot("Runs", "runs", "Training, studies, phantom generation")
+            page.goto(f"{url}/Results")
+            page.get_by_text("Study").first.wait_for()
+            wait_idle(page)
+            if (paths.studies_dir() / args.study).is_dir():         # the quick study, not the newest by name
+                page.locator("[data-testid='stSelectbox']").first.click()
+                page.keyboard.type(args.study)
+                page.keyboard.press("Enter")
+            page.get_by_text("Plan the cheapest labelling").first.wait_for()
+            wait_idle(page)
+            page.locator(".js-plotly-plot").nth(2).wait_for()
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(SHOTS / "results.png"), full_page=True)
+            print("wrote", SHOTS / "results.png")
             page.goto(f"{url}/Inspect")
             page.get_by_text("heatmap (truth outlined in green)").wait_for()
             wait_idle(page)

@@ -67,8 +67,10 @@ def test_device_and_precision_rules():
 
 
 def test_auc_helper_handles_one_class_and_missing_labels():
-    assert np.isnan(predict.auc([1, 1], [0.2, 0.3]))
-    assert predict.auc([0, 1, np.nan], [0.1, 0.9, 0.5]) == 1.0
+    assert np.isnan(predict.labelled_auc([1, 1], [0.2, 0.3]))
+    assert np.isnan(predict.labelled_auc([np.nan], [0.2]))
+    assert predict.labelled_auc([0, 1, np.nan], [0.1, 0.9, 0.5]) == 1.0
+    assert predict.labelled_auc([0, 1, 1, 0], [0.1, 0.9, 0.4, 0.4]) == 0.875      # ties count 1/2, as sklearn
 
 
 def test_cli_predict_one_dicom_series(finished, tiny_dicom_phantom, tmp_path, capsys):

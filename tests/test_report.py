@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import re
 from html.parser import HTMLParser
 
@@ -96,3 +97,48 @@ def test_comparison_sentence_says_what_the_delong_test_says_without_raw_nan():
     assert "no evidence that A is better" in s
     s = comparison_sentence({**r, "p_value": float("nan"), "diff_ci_low": float("nan"), "auc_b": float("nan")})
     assert "nan" not in s.lower().replace("not estimable", "") and "not estimable" in s
+
+
+@pytest.mark.slow
+def test_the_results_page_the_report_and_plan_say_the_same(study, tmp_path, monkeypatch, capsys):
+    """One study answer (``results.study_answer``), three renderings: the same plan, outcomes and ROC runs."""
+    import html as html_lib
+    import sys
+
+    from streamlit.testing.v1 import AppTest
+
+    from ich.cli import main
+    from ich.results import study_answer
+
+    target = 0.5                                   # the Results slider's lowest value
+    answer = study_answer(study, targets=[target])
+    at = answer.targets[0]
+    assert at.outcomes
+    sentence = at.plan.sentence() if at.plan else f"No arm of this study reached an exam AUC of {target:.2f}"
+
+    report = html_lib.unescape(build_report(study, targets=[target]))
+    assert (sentence.replace("**", "") if at.plan else "none reaches it") in report
+    assert all(line in report for line in at.outcomes)
+    assert all(c["name"] in report for c in answer.roc)             # the ROC shows the same runs
+
+    assert main(["plan", str(study), "--target", str(target)]) in (0, 1)
+    printed = capsys.readouterr().out
+    assert (sentence.replace("**", "") if at.plan else "no observed plan reaches") in printed
+    assert all(line in printed for line in at.outcomes)
+
+    root = tmp_path / "data"
+    (root / "studies").mkdir(parents=True)
+    (root / "studies" / study.name).symlink_to(study)
+    monkeypatch.setenv("ICH_DATA", str(root))
+    main_module = sys.modules["__main__"]
+    try:
+        page = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "4_Results.py"),
+                                 default_timeout=120)
+        page.session_state["results_target"] = target
+        page.run()
+    finally:
+        sys.modules["__main__"] = main_module
+    assert not page.exception, page.exception
+    shown = [e.value for e in [*page.success, *page.warning]] + [m.value for m in page.markdown]
+    assert any(v.startswith(sentence) for v in shown), shown
+    assert all(f"- {line}" in shown for line in at.outcomes)

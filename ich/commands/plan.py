@@ -25,46 +25,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from ich.commands.report import cost_from_args
-    from ich.curves import fit_study_curves
-    from ich.planner import arm_outcomes, cheapest_plan, choice_effects, fitted_plans
-    from ich.robustness import has_robustness, study_verdict
-    from ich.study import read_study, summarise_study
+    from ich.results import study_answer
 
     cost = cost_from_args(args)
-    spec, _ = read_study(args.study)
-    cells, aggregate = summarise_study(args.study)
-    if aggregate.empty:
+    answer = study_answer(args.study, cost=cost, targets=[args.target], criterion=args.criterion, metric=args.metric)
+    if answer.aggregate.empty:
         raise RuntimeError(f"study {args.study} has no finished cell yet; wait for `python -m ich study` to finish some")
-    observed = cheapest_plan(aggregate, cost, args.target, criterion=args.criterion, metric=args.metric)
-    fits = fit_study_curves(cells, metric=args.metric)
-    fitted = fitted_plans(fits, {a: (s, f, n) for a, s, f, n, _ in spec.arm_table}, cost, args.target)
-    robust = None
-    if has_robustness(args.study):   # the study was run with --robustness: does the answer survive the variants?
-        robust = study_verdict(args.study, cost, args.target, criterion=args.criterion, metric=args.metric)
+    at = answer.targets[0]
+    robust = at.robustness        # the study was run with --robustness: does the answer survive the variants?
     if args.json:
         print(json.dumps({"target": args.target, "cost_model": cost.to_dict(),
-                          "observed": observed.to_dict() if observed else None,
-                          "fitted": [p.to_dict() for p in fitted],
+                          "observed": at.plan.to_dict() if at.plan else None,
+                          "fitted": [p.to_dict() for p in at.fitted],
                           "robustness": robust and {"sentence": robust.sentence, "table": robust.rows()}},
                          indent=2, default=str))
-        return 0 if observed or fitted else 1
+        return 0 if at.plan or at.fitted else 1
     print(f"target {args.metric} {args.target:g} (criterion {args.criterion}); cost: "
           f"{cost.seconds_per_exam_label:g} s/exam label, {cost.seconds_per_slice_label:g} s/slice label, "
           f"{cost.seconds_per_noisy_label:g} s/noisy label, "
           f"{cost.hourly_rate:g} {cost.currency}/h")
-    if observed:
-        print("cheapest observed plan: " + observed.sentence().replace("**", ""))
+    if at.plan:
+        print("cheapest observed plan: " + at.plan.sentence().replace("**", ""))
     else:
         print(f"no observed plan reaches {args.target:g} by the {args.criterion} rule")
-    for line in arm_outcomes(aggregate, fits, cost, args.target, metric=args.metric):   # every arm, none dropped
+    for line in at.outcomes:   # every arm, none dropped
         print("  " + line)
-    effects = choice_effects(aggregate, cost, args.target, criterion=args.criterion, metric=args.metric)
-    if effects:
+    if at.effects:
         print("how each way of buying moved the cost (against the same learner, clean labels bought at random):")
-        for line in effects:
+        for line in at.effects:
             print("  " + line)
     if robust is not None:
         print("robustness: " + robust.sentence)
         for r in robust.rows():
             print(f"  {r['variant']}: {r['cheapest plan']}" + (f" [flips? {r['flips?']}]" if r["flips?"] else ""))
-    return 0 if observed or fitted else 1
+    return 0 if at.plan or at.fitted else 1
