@@ -96,7 +96,9 @@ def check_choice(name: str, value: object, options) -> None:
         raise ValueError(f"{name} must be one of {list(options)}, not {value!r}{did_you_mean(value, options)}")
 
 
-def _check_number(name: str, value, *, lo=None, hi=None, integer=False, allow_none=False, lo_open=False):
+def check_number(name: str, value, *, lo=None, hi=None, integer=False, allow_none=False, lo_open=False):
+    """Refuse a config number out of [lo, hi] (or (lo, hi] with ``lo_open``), not an integer when one is needed,
+    or None unless allowed; the error names the field, the range and what was found."""
     if value is None and allow_none:
         return
     kind = int if integer else (int, float)
@@ -156,7 +158,7 @@ class DataConfig:
         if len(set(windows)) != len(windows):
             raise ValueError(f"data.windows must not repeat a window, not {list(windows)}")
         object.__setattr__(self, "windows", windows)
-        _check_number("data.input_size", self.input_size, lo=16, hi=1024, integer=True, allow_none=True)
+        check_number("data.input_size", self.input_size, lo=16, hi=1024, integer=True, allow_none=True)
 
 
 @dataclass(frozen=True)
@@ -179,12 +181,12 @@ class ModelConfig:
         check_choice("model.pooling", self.pooling, POOLING_NAMES)
         check_choice("model.attention_activation", self.attention_activation, ACTIVATIONS)
         check_choice("model.finetune", self.finetune, FINETUNE)
-        _check_number("model.width", self.width, lo=4, hi=512, integer=True)
-        _check_number("model.embed_dim", self.embed_dim, lo=2, hi=4096, integer=True)
-        _check_number("model.attention_dim", self.attention_dim, lo=1, hi=4096, integer=True)
+        check_number("model.width", self.width, lo=4, hi=512, integer=True)
+        check_number("model.embed_dim", self.embed_dim, lo=2, hi=4096, integer=True)
+        check_number("model.attention_dim", self.attention_dim, lo=1, hi=4096, integer=True)
         for name in ("embedding_dropout", "attention_dropout"):
             v = getattr(self, name)
-            _check_number(f"model.{name}", v, lo=0.0)
+            check_number(f"model.{name}", v, lo=0.0)
             if v >= 1.0:
                 raise ValueError(f"model.{name} must be in [0, 1), not {v!r}")
         if not isinstance(self.init, str) or not self.init:
@@ -265,32 +267,32 @@ class TrainConfig:
         check_choice("train.schedule", self.schedule, SCHEDULES)
         check_choice("train.device", self.device, DEVICES)
         check_choice("train.precision", self.precision, PRECISIONS)
-        _check_number("train.budget", self.budget, lo=1, integer=True, allow_none=True)
-        _check_number("train.slice_fraction", self.slice_fraction, lo=0.0, hi=1.0)
-        _check_number("train.focal_alpha", self.focal_alpha, lo=0.0, hi=1.0, allow_none=True, lo_open=True)
-        _check_number("train.slice_loss_weight", self.slice_loss_weight, lo=0.0)
-        _check_number("train.lr", self.lr, lo=0.0, lo_open=True)
-        _check_number("train.weight_decay", self.weight_decay, lo=0.0)
-        _check_number("train.momentum", self.momentum, lo=0.0, hi=1.0)
-        _check_number("train.step_size", self.step_size, lo=1, integer=True)
-        _check_number("train.step_gamma", self.step_gamma, lo=0.0, hi=1.0, lo_open=True)
-        _check_number("train.epochs", self.epochs, lo=1, integer=True)
-        _check_number("train.patience", self.patience, lo=1, integer=True, allow_none=True)
-        _check_number("train.val_every", self.val_every, lo=1, integer=True)
-        _check_number("train.steps_per_epoch", self.steps_per_epoch, lo=1, integer=True, allow_none=True)
-        _check_number("train.exams_per_step", self.exams_per_step, lo=1, integer=True)
-        _check_number("train.slices_per_step", self.slices_per_step, lo=1, integer=True)
-        _check_number("train.bag_min_slices", self.bag_min_slices, lo=1, integer=True, allow_none=True)
-        _check_number("train.threads", self.threads, lo=1, integer=True, allow_none=True)
+        check_number("train.budget", self.budget, lo=1, integer=True, allow_none=True)
+        check_number("train.slice_fraction", self.slice_fraction, lo=0.0, hi=1.0)
+        check_number("train.focal_alpha", self.focal_alpha, lo=0.0, hi=1.0, allow_none=True, lo_open=True)
+        check_number("train.slice_loss_weight", self.slice_loss_weight, lo=0.0)
+        check_number("train.lr", self.lr, lo=0.0, lo_open=True)
+        check_number("train.weight_decay", self.weight_decay, lo=0.0)
+        check_number("train.momentum", self.momentum, lo=0.0, hi=1.0)
+        check_number("train.step_size", self.step_size, lo=1, integer=True)
+        check_number("train.step_gamma", self.step_gamma, lo=0.0, hi=1.0, lo_open=True)
+        check_number("train.epochs", self.epochs, lo=1, integer=True)
+        check_number("train.patience", self.patience, lo=1, integer=True, allow_none=True)
+        check_number("train.val_every", self.val_every, lo=1, integer=True)
+        check_number("train.steps_per_epoch", self.steps_per_epoch, lo=1, integer=True, allow_none=True)
+        check_number("train.exams_per_step", self.exams_per_step, lo=1, integer=True)
+        check_number("train.slices_per_step", self.slices_per_step, lo=1, integer=True)
+        check_number("train.bag_min_slices", self.bag_min_slices, lo=1, integer=True, allow_none=True)
+        check_number("train.threads", self.threads, lo=1, integer=True, allow_none=True)
         check_choice("train.validation", self.validation, VALIDATIONS)
-        _check_number("train.val_fraction", self.val_fraction, lo=0.0, hi=0.9, lo_open=True)
-        _check_number("train.val_min_per_class", self.val_min_per_class, lo=1, integer=True)
+        check_number("train.val_fraction", self.val_fraction, lo=0.0, hi=0.9, lo_open=True)
+        check_number("train.val_min_per_class", self.val_min_per_class, lo=1, integer=True)
         factors = tuple(self.lr_factors) if isinstance(self.lr_factors, (list, tuple)) else self.lr_factors
         if not isinstance(factors, tuple) or not factors:
             raise ValueError(f"train.lr_factors must be a non-empty list of positive numbers (e.g. [0.3, 1, 3]), "
                              f"not {self.lr_factors!r}")
         for f in factors:
-            _check_number("train.lr_factors entry", f, lo=0.0, lo_open=True)
+            check_number("train.lr_factors entry", f, lo=0.0, lo_open=True)
         if len(set(factors)) != len(factors):
             raise ValueError(f"train.lr_factors must not repeat a value, not {list(factors)}")
         object.__setattr__(self, "lr_factors", tuple(float(f) for f in factors))
@@ -298,7 +300,7 @@ class TrainConfig:
             raise ValueError(f"train.augment must be true or false, not {self.augment!r}")
         object.__setattr__(self, "label_noise", noise.parse(self.label_noise).spec)   # normalised ("" when clean)
         check_choice("train.acquisition", self.acquisition, ACQUISITIONS)
-        _check_number("train.rounds", self.rounds, lo=1, integer=True)
+        check_number("train.rounds", self.rounds, lo=1, integer=True)
         if self.supervision == "mixed" and self.budget is not None and not 0.0 < self.slice_fraction < 1.0:
             raise ValueError(f"train.slice_fraction must be strictly between 0 and 1 for mixed supervision "
                              f"(0 is weak, 1 is strong), not {self.slice_fraction!r}")
@@ -320,7 +322,7 @@ class RunConfig(JsonConfig):
         for name, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise ValueError(f"RunConfig.{name} must be a {cls.__name__}, not {type(getattr(self, name)).__name__}")
-        _check_number("seed", self.seed, lo=0, integer=True)
+        check_number("seed", self.seed, lo=0, integer=True)
         if not isinstance(self.preset, str):
             raise ValueError(f"preset must be a string, not {self.preset!r}")
         t = self.train

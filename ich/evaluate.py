@@ -566,7 +566,7 @@ def evaluate_run(run: str | os.PathLike, dataset: str | os.PathLike | None = Non
         rows = select_pixel_slices(ds, exams, slices, supervision=supervision, selection=selection,
                                    cutoff=cutoff, max_slices=max_pixel_slices, seed=seed, thresholds=thresholds)
         if len(rows):
-            from ich.predict import resolve_device
+            from ich.device import resolve_device
 
             model = runs.load_model(run, resolve_device(device))
             scores = pixel_scores(model, ds, rows, windows=cfg.data.windows, input_size=cfg.data.input_size,
@@ -656,7 +656,8 @@ def explain_run_exam(run: str | os.PathLike, exam_id: str, *, dataset: str | os.
         ``slice_logits``, ``slice_prob``, ``ablation``.
     """
     from ich.explain import explain_exam, explain_slices, resize_maps, score_map
-    from ich.predict import resolve_device, resolve_precision
+    from ich.device import resolve_device, resolve_precision
+    from ich.predict import exam_probability
     from ich.preprocess import resize
     from ich.store import open_dataset
 
@@ -677,11 +678,9 @@ def explain_run_exam(run: str | os.PathLike, exam_id: str, *, dataset: str | os.
                                  return_delta=True)
     out = {"exam_id": exam_id, "method": method, "target": target, "index": idx, "maps": maps, "delta": delta,
            "image": _take(x, idx).numpy(), "mask": None, "scores": None, "exam_logit": exam["exam_logit"],
-           "exam_score": float(1 / (1 + np.exp(-exam["exam_logit"]))), "attention": exam["attention"],
-           "slice_logits": exam["slice_logits"], "slice_prob": 1 / (1 + np.exp(-exam["slice_logits"])),
-           "ablation": exam["ablation"]}
-    if cfg.train.supervision == "strong":                   # as predict: exam score = max slice probability
-        out["exam_score"] = float(out["slice_prob"].max())
+           "attention": exam["attention"], "slice_logits": exam["slice_logits"],
+           "slice_prob": 1 / (1 + np.exp(-exam["slice_logits"])), "ablation": exam["ablation"]}
+    out["exam_score"] = exam_probability(cfg.train.supervision, exam["exam_logit"], out["slice_prob"])   # as predict
     if mask is not None:
         m = mask[idx]
         out["mask"] = resize(np.ascontiguousarray(m), maps.shape[-1], nearest=True)

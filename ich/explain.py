@@ -39,8 +39,8 @@ import torch
 from torch import Tensor, nn
 
 from ich.config import check_choice
+from ich.device import autocast
 from ich.metrics import boxes_from_mask, dice, mask_from_boxes, otsu_binarize, pointing_game
-from ich.predict import autocast
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())

@@ -112,7 +112,7 @@ def fit_reference(run: str | os.PathLike, *, device: str = "cpu", seed: int = 0,
     """
     from sklearn.covariance import LedoitWolf
 
-    from ich.predict import resolve_device
+    from ich.device import resolve_device
     from ich.store import open_dataset
 
     cfg = runs.read_config(run)
@@ -165,7 +165,7 @@ def score_dataset(run: str | os.PathLike, dataset_path: str | os.PathLike, *, ex
     Returns:
         One row per exam: ``exam_id, ood_score, threshold, ood, reason``.
     """
-    from ich.predict import resolve_device
+    from ich.device import resolve_device
     from ich.store import open_dataset
 
     ref = load_reference(run, device=device)
@@ -184,7 +184,7 @@ def score_dataset(run: str | os.PathLike, dataset_path: str | os.PathLike, *, ex
 
 def score_hu(run: str | os.PathLike, hu: np.ndarray, *, device: str = "cpu") -> dict:
     """The OOD verdict of one HU volume (S, H, W): ``ood_score, threshold, ood, reason, slice_distance``."""
-    from ich.predict import resolve_device
+    from ich.device import resolve_device
 
     ref = load_reference(run, device=device)
     dev = resolve_device(device)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ich import noise
-from ich.config import _check_number, check_choice, reject_unknown_keys
+from ich.config import check_number, check_choice, reject_unknown_keys
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,10 +52,10 @@ class CostModel:
     seconds_per_noisy_label: float = 1.0     # a label of a kind an arm's noise model touches (report-mined)
 
     def __post_init__(self):
-        _check_number("cost.seconds_per_exam_label", self.seconds_per_exam_label, lo=0.0)
-        _check_number("cost.seconds_per_slice_label", self.seconds_per_slice_label, lo=0.0)
-        _check_number("cost.hourly_rate", self.hourly_rate, lo=0.0)
-        _check_number("cost.seconds_per_noisy_label", self.seconds_per_noisy_label, lo=0.0)
+        check_number("cost.seconds_per_exam_label", self.seconds_per_exam_label, lo=0.0)
+        check_number("cost.seconds_per_slice_label", self.seconds_per_slice_label, lo=0.0)
+        check_number("cost.hourly_rate", self.hourly_rate, lo=0.0)
+        check_number("cost.seconds_per_noisy_label", self.seconds_per_noisy_label, lo=0.0)
         if not isinstance(self.currency, str) or not self.currency:
             raise ValueError(f"cost.currency must be a non-empty string, not {self.currency!r}")
 
@@ -248,7 +248,7 @@ def cheapest_plan(aggregate: pd.DataFrame, cost: CostModel, target_auc: float, *
     import pandas as pd
 
     check_choice("criterion", criterion, CRITERIA)
-    _check_number("target_auc", target_auc, lo=0.0, hi=1.0, lo_open=True)
+    check_number("target_auc", target_auc, lo=0.0, hi=1.0, lo_open=True)
     col = metric if criterion == "mean" else f"{metric}_ci_low"
     if col not in aggregate.columns:
         raise ValueError(f"the aggregate table has no column {col!r}; pass study.summarise_study(...)[1]")

@@ -10,7 +10,6 @@ reference did; the strong learner's attention column is NaN (its pooling is neve
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from ich import runs
 from ich.config import RunConfig
 from ich.data import BagDataset, VolumeCache, collate_bags, exam_slice_labels, window_slices
+from ich.device import autocast, resolve_device, resolve_precision
 from ich.metrics import roc_auc
 from ich.preprocess import resize
 
@@ -29,42 +29,22 @@ log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu. ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but no CUDA GPU is available; use --device auto or cpu")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be one of ['auto', 'cpu', 'cuda'], not {device!r}")
-    return torch.device(device)
+def exam_probability(supervision: str, exam_logit, slice_prob):
+    """The exam score rule, written once: a weak or mixed learner's exam probability is sigmoid(its MIL exam
+    logit); a strong learner has no exam head, so its exam score is its highest slice probability.
 
+    Args:
+        exam_logit: (B,) or a scalar; slice_prob: (B, S) or (S,), padded slices set to -inf (torch or numpy).
 
-def cpu_supports_bf16() -> bool:
-    """Whether oneDNN has native bf16 kernels on this CPU (AVX512-BF16/AMX); elsewhere bf16 is emulated and slow."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on CUDA with bf16 (else fp16) and on CPUs with native bf16 (else fp32)."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_supports_bf16() else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision 'fp16' needs a CUDA device; on CPU use 'bf16' or 'fp32'")
-    return precision
-
-
-def autocast(device: torch.device, precision: str):
-    """The autocast context for a resolved precision (a no-op for fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    Returns:
+        (B,) or a float, of the type given.
+    """
+    if torch.is_tensor(slice_prob):
+        return slice_prob.amax(dim=-1) if supervision == "strong" else torch.sigmoid(exam_logit)
+    if supervision == "strong":
+        return np.max(slice_prob, axis=-1) if np.ndim(slice_prob) > 1 else float(np.max(slice_prob))
+    return 1.0 / (1.0 + np.exp(-np.asarray(exam_logit, dtype=np.float64))) if np.ndim(exam_logit) else \
+        float(1.0 / (1.0 + np.exp(-float(exam_logit))))
 
 
 def labelled_auc(y_true, y_score) -> float:
@@ -93,12 +73,8 @@ def score_bags(model, loader, *, supervision: str, device: torch.device, precisi
             else:
                 out = model.forward_embeddings(batch["h"].to(device), mask)
         slice_prob = torch.sigmoid(out.slice_logits.float())                        # (B, S)
-        if supervision == "strong":
-            exam = slice_prob.masked_fill(~mask, float("-inf")).amax(dim=1)          # (B,)
-            attention = torch.full_like(slice_prob, float("nan"))
-        else:
-            exam = torch.sigmoid(out.logit.float())                                  # (B,)
-            attention = out.attention.float()
+        exam = exam_probability(supervision, out.logit.float(), slice_prob.masked_fill(~mask, float("-inf")))
+        attention = torch.full_like(slice_prob, float("nan")) if supervision == "strong" else out.attention.float()
         m = batch["mask"].numpy()
         counts = m.sum(axis=1)
         parts.append(pd.DataFrame({

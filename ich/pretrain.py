@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ich.config import ENCODER_NAMES, WINDOW_NAMES, JsonConfig, _check_number, check_choice, reject_unknown_keys
+from ich.config import ENCODER_NAMES, WINDOW_NAMES, JsonConfig, check_number, check_choice, reject_unknown_keys
 from ich.labels import WINDOWS
 from ich.models import build_encoder, save_encoder, state_checksum
 from ich.preprocess import resize
@@ -145,28 +145,28 @@ class PretrainConfig(JsonConfig):
             raise ValueError(f"pretrain.splits must be a non-empty list of train/val/test, not {self.splits!r}")
         for s in self.splits:
             check_choice("pretrain.splits entry", s, ("train", "val", "test"))
-        _check_number("pretrain.width", self.width, lo=4, hi=512, integer=True)
-        _check_number("pretrain.embed_dim", self.embed_dim, lo=2, hi=4096, integer=True)
-        _check_number("pretrain.input_size", self.input_size, lo=16, hi=1024, integer=True, allow_none=True)
-        _check_number("pretrain.epochs", self.epochs, lo=1, integer=True)
-        _check_number("pretrain.batch_size", self.batch_size, lo=4, integer=True)
-        _check_number("pretrain.lr", self.lr, lo=0.0, lo_open=True)
-        _check_number("pretrain.weight_decay", self.weight_decay, lo=0.0)
-        _check_number("pretrain.warmup_epochs", self.warmup_epochs, lo=0.0)
-        _check_number("pretrain.temperature", self.temperature, lo=0.0, lo_open=True)
-        _check_number("pretrain.projection_dim", self.projection_dim, lo=2, integer=True)
-        _check_number("pretrain.local_size", self.local_size, lo=16, integer=True)
-        _check_number("pretrain.local_jitter", self.local_jitter, lo=0, integer=True)
-        _check_number("pretrain.rotation_deg", self.rotation_deg, lo=0.0, hi=180.0)
-        _check_number("pretrain.level_jitter_hu", self.level_jitter_hu, lo=0.0)
-        _check_number("pretrain.width_jitter", self.width_jitter, lo=0.0, hi=0.9)
-        _check_number("pretrain.noise_hu", self.noise_hu, lo=0.0)
-        _check_number("pretrain.mask_ratio", self.mask_ratio, lo=0.0, hi=0.95)
-        _check_number("pretrain.mask_patch", self.mask_patch, lo=1, integer=True)
-        _check_number("pretrain.masked_weight", self.masked_weight, lo=0.0)
-        _check_number("pretrain.max_slices", self.max_slices, lo=1, integer=True, allow_none=True)
-        _check_number("pretrain.seed", self.seed, lo=0, integer=True)
-        _check_number("pretrain.threads", self.threads, lo=1, integer=True, allow_none=True)
+        check_number("pretrain.width", self.width, lo=4, hi=512, integer=True)
+        check_number("pretrain.embed_dim", self.embed_dim, lo=2, hi=4096, integer=True)
+        check_number("pretrain.input_size", self.input_size, lo=16, hi=1024, integer=True, allow_none=True)
+        check_number("pretrain.epochs", self.epochs, lo=1, integer=True)
+        check_number("pretrain.batch_size", self.batch_size, lo=4, integer=True)
+        check_number("pretrain.lr", self.lr, lo=0.0, lo_open=True)
+        check_number("pretrain.weight_decay", self.weight_decay, lo=0.0)
+        check_number("pretrain.warmup_epochs", self.warmup_epochs, lo=0.0)
+        check_number("pretrain.temperature", self.temperature, lo=0.0, lo_open=True)
+        check_number("pretrain.projection_dim", self.projection_dim, lo=2, integer=True)
+        check_number("pretrain.local_size", self.local_size, lo=16, integer=True)
+        check_number("pretrain.local_jitter", self.local_jitter, lo=0, integer=True)
+        check_number("pretrain.rotation_deg", self.rotation_deg, lo=0.0, hi=180.0)
+        check_number("pretrain.level_jitter_hu", self.level_jitter_hu, lo=0.0)
+        check_number("pretrain.width_jitter", self.width_jitter, lo=0.0, hi=0.9)
+        check_number("pretrain.noise_hu", self.noise_hu, lo=0.0)
+        check_number("pretrain.mask_ratio", self.mask_ratio, lo=0.0, hi=0.95)
+        check_number("pretrain.mask_patch", self.mask_patch, lo=1, integer=True)
+        check_number("pretrain.masked_weight", self.masked_weight, lo=0.0)
+        check_number("pretrain.max_slices", self.max_slices, lo=1, integer=True, allow_none=True)
+        check_number("pretrain.seed", self.seed, lo=0, integer=True)
+        check_number("pretrain.threads", self.threads, lo=1, integer=True, allow_none=True)
         if not isinstance(self.flip, bool):
             raise ValueError(f"pretrain.flip must be true or false, not {self.flip!r}")
         ca = self.crop_area

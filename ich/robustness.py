@@ -418,10 +418,10 @@ def verdict(base_aggregate: "pd.DataFrame", variants: Sequence[Mapping[str, Any]
         A ``Verdict``; its sentence names the plan and either says it holds "under every recipe
         tried" or lists each variant that flips it, with what it flips to.
     """
-    from ich.config import _check_number, check_choice
+    from ich.config import check_number, check_choice
 
     check_choice("criterion", criterion, CRITERIA)
-    _check_number("target", target, lo=0.0, hi=1.0, lo_open=True)
+    check_number("target", target, lo=0.0, hi=1.0, lo_open=True)
 
     def plan_of(agg) -> Plan | None:
         if agg is None or len(agg) == 0:

@@ -115,7 +115,8 @@ def disk_full_message(err: OSError, run: str | os.PathLike) -> str | None:
             f"{Path(getattr(err, 'filename', None) or '?').name}); free some space, then resume the run with --resume")
 
 
-def _now() -> str:
+def now() -> str:
+    """The local time as run folders record it: ``2026-12-02T14:33:14``."""
     return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
@@ -178,7 +179,7 @@ def create_run(run: str | os.PathLike, cfg: RunConfig) -> Path:
             (run / name).unlink(missing_ok=True)
     run.mkdir(parents=True, exist_ok=True)
     _atomic_write_bytes(run / CONFIG_FILE, cfg.to_json().encode())
-    write_status(run, "queued", created=_now(), epoch=0, progress=0.0)
+    write_status(run, "queued", created=now(), epoch=0, progress=0.0)
     return run
 
 
@@ -248,7 +249,7 @@ def write_status(run: str | os.PathLike, state: str | None = None, **fields) -> 
     if state is not None:
         status["state"] = state
     status.update(_clean(fields))
-    status["updated"] = _now()
+    status["updated"] = now()
     data = json.dumps(status, indent=2, default=_json_default).encode()
     try:
         _atomic_write_bytes(run / STATUS_FILE, data)
@@ -536,7 +537,7 @@ def read_ood_reference(run: str | os.PathLike) -> dict | None:
 def request_cancel(run: str | os.PathLike) -> None:
     """Ask a running fit to stop after its current epoch (it then marks itself cancelled)."""
     run = _check_run(run)
-    _atomic_write_bytes(run / CANCEL_FILE, _now().encode())
+    _atomic_write_bytes(run / CANCEL_FILE, now().encode())
 
 
 def cancel_requested(run: str | os.PathLike) -> bool:

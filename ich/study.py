@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ich import noise
-from ich.config import ACQUISITIONS, SUPERVISIONS, JsonConfig, _check_number, check_choice, reject_unknown_keys
+from ich.config import ACQUISITIONS, SUPERVISIONS, JsonConfig, check_number, check_choice, reject_unknown_keys
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -85,9 +85,9 @@ def _as_tuple(name: str, value, kind) -> tuple:
         raise ValueError(f"study.{name} must not be empty")
     for v in out:
         if kind is int:
-            _check_number(f"study.{name} entry", v, lo=0 if name == "seeds" else 1, integer=True)
+            check_number(f"study.{name} entry", v, lo=0 if name == "seeds" else 1, integer=True)
         elif kind is float:
-            _check_number(f"study.{name} entry", v, lo=0.0, hi=1.0)
+            check_number(f"study.{name} entry", v, lo=0.0, hi=1.0)
     if len(set(out)) != len(out):
         raise ValueError(f"study.{name} must not repeat a value, not {list(out)}")
     return out
@@ -157,7 +157,7 @@ class StudyConfig(JsonConfig):
                        "train.label_noise", "train.acquisition"):
                 raise ValueError(f"study.overrides must not set {key!r}: the study grid sets it per cell")
         object.__setattr__(self, "overrides", pairs)
-        _check_number("study.pixel_slices", self.pixel_slices, lo=0, integer=True)
+        check_number("study.pixel_slices", self.pixel_slices, lo=0, integer=True)
         if not isinstance(self.name, str):
             raise ValueError(f"study.name must be a string, not {self.name!r}")
 
@@ -668,7 +668,7 @@ def prepare_embeddings(spec: StudyConfig, *, on_progress: Callable[[dict], None]
 
     from ich.embed import default_cache_dir, embed_dataset
     from ich.models import build_model
-    from ich.predict import resolve_device, resolve_precision
+    from ich.device import resolve_device, resolve_precision
     from ich.store import open_dataset
 
     t0 = time.perf_counter()

@@ -63,8 +63,9 @@ from ich.config import REFERENCE_ALPHA, RunConfig
 from ich.data import (BagDataset, EmbeddingBagDataset, EmbeddingSliceDataset, HeldOut, LabelSubset, SliceDataset,
                       VolumeCache, collate_bags, collate_slices, epoch_order, exam_slice_labels, hold_out_validation,
                       make_augment, select_labels)
+from ich.device import autocast, resolve_device, resolve_precision
 from ich.models import MILModel, build_model, check_encoder_matches, state_checksum
-from ich.predict import autocast, resolve_device, resolve_precision, score_bags, summarize
+from ich.predict import score_bags, summarize
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -200,12 +201,12 @@ def _fit_locked(cfg: RunConfig | None, run_dir: Path, on_progress, resume: bool,
     try:
         return trainer.run(resume=resume and runs.has_checkpoint(run_dir))
     except Cancelled:
-        runs.write_status(run_dir, "cancelled", finished=runs._now(), error="cancelled by the user")
+        runs.write_status(run_dir, "cancelled", finished=runs.now(), error="cancelled by the user")
         return {"state": "cancelled", "epochs_run": trainer.epoch}
     except BaseException as err:
         state = "cancelled" if isinstance(err, KeyboardInterrupt) else "failed"
         full = runs.disk_full_message(err, run_dir) if isinstance(err, OSError) else None
-        runs.write_status(run_dir, state, finished=runs._now(), error=full or f"{type(err).__name__}: {err}")
+        runs.write_status(run_dir, state, finished=runs.now(), error=full or f"{type(err).__name__}: {err}")
         if full:
             raise RuntimeError(full) from err
         raise
@@ -421,7 +422,7 @@ class _Trainer:
     def run(self, resume: bool) -> dict:
         t0 = time.perf_counter()
         cfg, t = self.cfg, self.cfg.train
-        runs.write_status(self.run_dir, "running", started=runs._now(), pid=os.getpid(), error=None,
+        runs.write_status(self.run_dir, "running", started=runs.now(), pid=os.getpid(), error=None,
                           epochs=t.epochs, message="preparing data", phase="setup")
         self.setup()
         runs.write_status(self.run_dir, phase="train")
@@ -563,7 +564,7 @@ class _Trainer:
         summary["train_seconds"] = round(elapsed, 3)
         summary["seconds"] = round(time.perf_counter() - t0, 3)
         self._save(self.epoch or best["epoch"], best, 0, elapsed, final=True)
-        status = runs.write_status(self.run_dir, "done", progress=1.0, finished=runs._now(), summary=summary,
+        status = runs.write_status(self.run_dir, "done", progress=1.0, finished=runs.now(), summary=summary,
                                    message="done")
         self._report({"phase": "done", "epoch": self.epoch, "epochs": t.epochs, "progress": 1.0, "summary": summary},
                      force=True)

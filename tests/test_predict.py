@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from _blobs import write_blob_dataset
-from ich import predict, runs
+from ich import device, predict, runs
 from ich.config import make_config
 from ich.train import fit
 
@@ -54,16 +54,16 @@ def test_predict_volume_agrees_with_the_dataset_path(finished):
 
 
 def test_device_and_precision_rules():
-    assert predict.resolve_device("cpu").type == "cpu"
+    assert device.resolve_device("cpu").type == "cpu"
     with pytest.raises(ValueError, match="device must be one of"):
-        predict.resolve_device("tpu")
+        device.resolve_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA GPU"):
-            predict.resolve_device("cuda")
+            device.resolve_device("cuda")
     cpu = torch.device("cpu")
-    assert predict.resolve_precision("auto", cpu) in ("bf16", "fp32")
+    assert device.resolve_precision("auto", cpu) in ("bf16", "fp32")
     with pytest.raises(ValueError, match="fp16' needs a CUDA device"):
-        predict.resolve_precision("fp16", cpu)
+        device.resolve_precision("fp16", cpu)
 
 
 def test_auc_helper_handles_one_class_and_missing_labels():
@@ -120,3 +120,13 @@ def test_cli_predict_json_flags_a_body_ct_and_refuses_a_broken_series(tiny_phant
     assert main(["predict", str(tiny_phantom_run), "--dicom", str(head), "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "series 1 (" in text and "exam score" in text and "typicality distance" in text
+
+
+def test_one_exam_score_rule_for_tensors_and_arrays():
+    logit, probs = np.array([0.0, 2.0]), np.array([[0.1, 0.7, -np.inf], [0.2, 0.3, 0.4]])
+    assert np.allclose(predict.exam_probability("strong", logit, probs), [0.7, 0.4])
+    assert np.allclose(predict.exam_probability("weak", logit, probs), 1 / (1 + np.exp(-logit)))
+    t = predict.exam_probability("strong", torch.tensor(logit), torch.tensor(probs))
+    assert torch.is_tensor(t) and np.allclose(t.numpy(), [0.7, 0.4])
+    assert predict.exam_probability("strong", 0.0, probs[1]) == 0.4                     # one exam: a float
+    assert predict.exam_probability("mixed", 0.0, probs[1]) == 0.5

@@ -15,7 +15,7 @@ def bench_roofline(ctx: BenchContext) -> dict:
     """Matrix-multiply FLOP rate (bf16, fp32) and each encoder's training FLOP rate as a share of it."""
     import torch
 
-    from ich.predict import resolve_precision
+    from ich.device import resolve_precision
     from ich.train import encoder_throughput, matmul_flops
 
     precision = resolve_precision("auto", torch.device("cpu"))
@@ -92,7 +92,7 @@ def bench_peer_race(ctx: BenchContext) -> dict:
 
     from ich.config import make_config
     from ich.models import build_encoder, build_model
-    from ich.predict import autocast, resolve_precision
+    from ich.device import autocast, resolve_precision
     from ich.train import focal_loss, make_loss, make_optimizer
 
     cpu = torch.device("cpu")
@@ -205,7 +205,7 @@ def bench_inference(ctx: BenchContext) -> dict:
     from ich.config import ModelConfig
     from ich.explain import explain_exam, explain_slices
     from ich.models import build_model
-    from ich.predict import autocast, resolve_precision
+    from ich.device import autocast, resolve_precision
 
     precision = resolve_precision("auto", torch.device("cpu"))
     n_slices, size = (8, 32) if ctx.quick else (40, 256)

@@ -266,7 +266,7 @@ def bench_embed(ctx: BenchContext) -> dict:
 
     from ich.embed import embed_dataset
     from ich.models import build_encoder
-    from ich.predict import resolve_precision
+    from ich.device import resolve_precision
     from ich.store import open_dataset
 
     ds = open_dataset(ctx.store())

@@ -43,7 +43,7 @@ def describe_machine() -> dict:
     """CPU model, cores, memory, bf16 support, OS and library versions (nothing identifying)."""
     import torch
 
-    from ich.predict import cpu_supports_bf16
+    from ich.device import cpu_supports_bf16
 
     cpu = platform.processor() or platform.machine()
     try:
