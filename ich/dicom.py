@@ -46,6 +46,7 @@ from pydicom.dataset import Dataset as DicomDataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 
+from ich import atomic
 from ich.preprocess import HU_MAX, HU_MIN, fix_12bit, needs_12bit_fix, resize, to_hu, to_int16_hu
 
 log = logging.getLogger(__name__)
@@ -1186,8 +1187,6 @@ def write_series(hu: np.ndarray, out_dir: str | os.PathLike, *, patient_id: str,
         ds.PixelData = stored[i].tobytes()
         if compression == "rle":
             ds.compress(RLELossless, generate_instance_uid=False)
-        target = out / names[i]
-        tmp = target.with_name(f".{target.name}.tmp")
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, target)
+        with atomic.writing(out / names[i]) as tmp:
+            ds.save_as(tmp, enforce_file_format=True)
     return sops

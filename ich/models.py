@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ich import atomic
 from ich.config import ModelConfig, RunConfig, check_choice
 
 ENCODER_FILE_KIND = "ich-encoder"
@@ -386,10 +387,8 @@ def save_encoder(path: str | os.PathLike, encoder: nn.Module, meta: dict) -> Pat
         "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
     })
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic.writing(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ich import atomic
+
 
 def _why(err: Exception) -> str:
     return f"{type(err).__name__}: {' '.join(str(err).split())}"
@@ -102,8 +104,6 @@ def write_nifti(array: np.ndarray, path: str | os.PathLike, *,
     s, r, c = (float(v) for v in spacing_mm)
     img = nib.Nifti1Image(data, np.diag([c, r, s, 1.0]))
     img.header.set_zooms((c, r, s))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    nib.save(img, str(tmp))
-    os.replace(tmp, path)
+    with atomic.writing(path, keep_suffix=True) as tmp:     # nibabel reads the format off the name's end
+        nib.save(img, str(tmp))
     return path

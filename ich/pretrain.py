@@ -72,6 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ich import atomic
 from ich.config import ENCODER_NAMES, WINDOW_NAMES, JsonConfig, check_number, check_choice, reject_unknown_keys
 from ich.labels import WINDOWS
 from ich.models import build_encoder, save_encoder, state_checksum
@@ -480,10 +481,8 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic.writing(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def pretrain(dataset, out: str | os.PathLike, cfg: PretrainConfig | None = None, *,

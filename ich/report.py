@@ -22,6 +22,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from ich import atomic
 from ich.curves import PowerLawFit
 from ich.planner import CostModel, plan_table
 from ich.results import (COLUMN_WORDS, N_BOOT, StudyAnswer, largest_budget_runs, significant_count,
@@ -251,10 +252,6 @@ def write_report(study: str | os.PathLike, out: str | os.PathLike | None = None,
     """Write ``build_report(study, **kwargs)`` to ``out`` (default ``<study>/report.html``) atomically."""
     out = Path(out) if out else Path(study) / "report.html"
     text = build_report(study, **kwargs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return atomic.write_text(out, text)
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from ich import atomic
 from ich.planner import CRITERIA, CostModel, Plan, annotator_time, cheapest_plan
 
 if TYPE_CHECKING:
@@ -268,10 +269,8 @@ def read_record(study: str | os.PathLike) -> dict:
 def _write_record(study: Path, plans: list[VariantPlan]) -> None:
     d = robustness_dir(study)
     d.mkdir(parents=True, exist_ok=True)
-    p = d / RECORD_FILE
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"format": FORMAT, "variants": [v.to_dict() for v in plans]}, indent=2, default=str))
-    os.replace(tmp, p)
+    atomic.write_text(d / RECORD_FILE, json.dumps({"format": FORMAT, "variants": [v.to_dict() for v in plans]},
+                                                  indent=2, default=str))
 
 
 def run_robustness(spec: "StudyConfig", out: str | os.PathLike, *, variants: Sequence[str] | None = None,

@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ich import atomic
 from ich.config import RunConfig
 
 CONFIG_FILE = "config.json"
@@ -75,36 +76,6 @@ TRUST_FLAG = "--trust-checkpoint"
 
 class RunLockedError(RuntimeError):
     """Another process is writing this run folder (it holds ``writer.lock``)."""
-
-
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-@contextmanager
-def _writing(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path``, on any failure
-    (an error, a full disk, Ctrl-C or SIGTERM) it is removed, so no half-written file stays behind."""
-    tmp = _tmp_path(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException as err:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        if isinstance(err, OSError) and err.filename is None and err.errno:    # name the file (f.write does not)
-            raise OSError(err.errno, err.strerror, str(path)) from err
-        raise
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    with _writing(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def disk_full_message(err: OSError, run: str | os.PathLike) -> str | None:
@@ -178,7 +149,7 @@ def create_run(run: str | os.PathLike, cfg: RunConfig) -> Path:
         for name in (CONFIG_FILE, STATUS_FILE, METRICS_FILE, LABELS_FILE, CANCEL_FILE):
             (run / name).unlink(missing_ok=True)
     run.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(run / CONFIG_FILE, cfg.to_json().encode())
+    atomic.write_bytes(run / CONFIG_FILE, cfg.to_json().encode())
     write_status(run, "queued", created=now(), epoch=0, progress=0.0)
     return run
 
@@ -252,7 +223,7 @@ def write_status(run: str | os.PathLike, state: str | None = None, **fields) -> 
     status["updated"] = now()
     data = json.dumps(status, indent=2, default=_json_default).encode()
     try:
-        _atomic_write_bytes(run / STATUS_FILE, data)
+        atomic.write_bytes(run / STATUS_FILE, data)
     except OSError as err:
         if disk_full_message(err, run) is None or not (run / STATUS_FILE).is_file():
             raise
@@ -296,7 +267,7 @@ def truncate_metrics(run: str | os.PathLike, last_epoch: int) -> None:
     df = read_metrics(run)
     lines = [] if df.empty else [json.dumps({k: _finite_or_none(v) for k, v in r.items() if not _is_na(v)})
                                  for r in df.to_dict("records") if r["epoch"] <= last_epoch]
-    _atomic_write_bytes(Path(run) / METRICS_FILE, "".join(line + "\n" for line in lines).encode())
+    atomic.write_bytes(Path(run) / METRICS_FILE, "".join(line + "\n" for line in lines).encode())
 
 
 # ------------------------------------------------------------------------------ labels bought
@@ -320,7 +291,7 @@ def save_checkpoint(run: str | os.PathLike, payload: dict) -> None:
     """
     buf = io.BytesIO()          # serialised in memory first: torch's file writer turns a full disk into an
     torch.save({"kind": CHECKPOINT_KIND, **payload}, buf)    # unclear RuntimeError, a plain write gives ENOSPC
-    _atomic_write_bytes(Path(run) / CHECKPOINT_FILE, buf.getbuffer())
+    atomic.write_bytes(Path(run) / CHECKPOINT_FILE, buf.getbuffer())
 
 
 def has_checkpoint(run: str | os.PathLike) -> bool:
@@ -494,7 +465,7 @@ def evaluation_path(run: str | os.PathLike, name: str | None = None) -> Path:
 def write_evaluation(run: str | os.PathLike, metrics: dict, name: str | None = None) -> Path:
     """Write an evaluation dict as strict JSON (NaN/inf -> null), atomically."""
     path = evaluation_path(_check_run(run), name)
-    _atomic_write_bytes(path, json.dumps(_clean(metrics), indent=2, default=_json_default).encode())
+    atomic.write_bytes(path, json.dumps(_clean(metrics), indent=2, default=_json_default).encode())
     return path
 
 
@@ -517,7 +488,7 @@ def write_ood_reference(run: str | os.PathLike, arrays: dict) -> Path:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     path = ood_path(_check_run(run))
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic.write_bytes(path, buf.getvalue())
     return path
 
 
@@ -537,7 +508,7 @@ def read_ood_reference(run: str | os.PathLike) -> dict | None:
 def request_cancel(run: str | os.PathLike) -> None:
     """Ask a running fit to stop after its current epoch (it then marks itself cancelled)."""
     run = _check_run(run)
-    _atomic_write_bytes(run / CANCEL_FILE, now().encode())
+    atomic.write_bytes(run / CANCEL_FILE, now().encode())
 
 
 def cancel_requested(run: str | os.PathLike) -> bool:
@@ -584,7 +555,7 @@ def list_runs(root: str | os.PathLike) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------ helpers
 def _write_parquet(path: Path, df: pd.DataFrame) -> None:
-    with _writing(path) as tmp:
+    with atomic.writing(path) as tmp:
         df.to_parquet(tmp, index=False)
 
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ich import noise
+from ich import atomic, noise
 from ich.config import ACQUISITIONS, SUPERVISIONS, JsonConfig, check_number, check_choice, reject_unknown_keys
 
 log = logging.getLogger(__name__)
@@ -426,12 +426,6 @@ def resolve_study(spec: StudyConfig, *, on_progress: Callable[[dict], None] | No
 
 
 # ------------------------------------------------------------------------------ folder I/O
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def read_study(study: str | os.PathLike) -> tuple[StudyConfig, dict]:
     """(spec, the whole study.json dict) of a study folder.
 
@@ -485,7 +479,7 @@ def _lock_spec(out: Path, spec: StudyConfig, encoder: dict) -> None:
     if out.exists() and any(p.name not in (LOCK_FILE, PROGRESS_FILE) for p in out.iterdir()):
         raise FileExistsError(f"{out} exists and is not a study folder; choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / SPEC_FILE, json.dumps(record, indent=2))
+    atomic.write_text(out / SPEC_FILE, json.dumps(record, indent=2))
 
 
 def _check_same_spec(out: Path, old: StudyConfig, new: StudyConfig, *, resolved: bool) -> None:
@@ -562,7 +556,7 @@ def write_progress(study: str | os.PathLike, **fields) -> dict:
         d = {}
     d.update(fields)
     d["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    _atomic_write(p, json.dumps(d, indent=2))
+    atomic.write_text(p, json.dumps(d, indent=2))
     return d
 
 
@@ -928,8 +922,6 @@ def write_summary(study: str | os.PathLike):
 
     cells, aggregate = summarise_study(study)
     both = pd.concat([cells, aggregate], ignore_index=True) if len(aggregate) else cells
-    p = Path(study) / SUMMARY_FILE
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    both.to_csv(tmp, index=False)
-    os.replace(tmp, p)
+    with atomic.writing(Path(study) / SUMMARY_FILE) as tmp:
+        both.to_csv(tmp, index=False)
     return cells, aggregate

@@ -42,7 +42,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ich import atlas
+from ich import atlas, atomic
 from ich.dicom import write_series
 from ich.labels import SUBTYPES
 from ich.paths import check_out_folder
@@ -252,9 +252,7 @@ def _write_done(tmp: Path, res: dict) -> None:
     rec = {"index": index, "exam_id": res["exam_id"], "sops": list(res["sops"]), "lesions": int(res["lesions"]),
            "slice_subtypes": np.asarray(res["slice_subtypes"]).tolist()}
     path = tmp / DONE_DIR / f"{res['exam_id']}.json"
-    part = path.with_name(path.name + ".tmp")
-    part.write_text(json.dumps(rec))
-    os.replace(part, path)
+    atomic.write_text(path, json.dumps(rec), fsync=False)
 
 
 def _write_tables(tmp: Path, results: dict[int, dict], *, seed: int, size: int,

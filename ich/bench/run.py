@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ich import atomic
 from ich.bench.compute import bench_inference, bench_peer_race, bench_roofline
 from ich.bench.core import FORMAT, BenchContext, package_version
 from ich.bench.data import bench_growth, bench_ingestion, bench_synth
@@ -223,12 +224,7 @@ def validate_report(report: dict) -> None:
 def write_report(report: dict, path: str | os.PathLike) -> Path:
     """Write the report as JSON (atomically)."""
     validate_report(report)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(path, json.dumps(report, indent=2, default=str) + "\n")
 
 
 def read_report(path: str | os.PathLike) -> dict:

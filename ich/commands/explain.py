@@ -14,6 +14,8 @@ import json
 import os
 from pathlib import Path
 
+from ich import atomic
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a finished run folder")
@@ -77,9 +79,8 @@ def write_explanation(res: dict, out: str | os.PathLike, *, png: bool = True) ->
         for key in ("dice_mask", "dice_boxes", "pointing"):
             arrays[key] = np.array([s[key] for s in res["scores"]], dtype=np.float32)
     npz = out / f"{stem}.npz"
-    tmp = out / f".{stem}.tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, npz)
+    with atomic.writing(npz, keep_suffix=True) as tmp:      # numpy appends .npz to any other name
+        np.savez_compressed(tmp, **arrays)
     written = [npz]
     if png:
         scale = float(np.clip(res["maps"], 0, None).max()) or None          # one scale for the whole exam
