@@ -16,7 +16,6 @@ def bench_roofline(ctx: BenchContext) -> dict:
     import torch
 
     from ich.device import resolve_precision
-    from ich.train import encoder_throughput, matmul_flops
 
     precision = resolve_precision("auto", torch.device("cpu"))
     limit_dtype = "bf16" if precision == "bf16" else "fp32"
@@ -60,7 +59,6 @@ def bench_roofline(ctx: BenchContext) -> dict:
 
 def _profile_encoder_step(name: str, size: int, batch: int, precision: str) -> list[dict]:
     """torch.profiler table of two training steps of an encoder (after two warm-up steps)."""
-    from ich.train import encoder_train_step
 
     step = encoder_train_step(name, input_size=size, batch=batch, precision=precision)
     step()
@@ -253,3 +251,81 @@ def bench_inference(ctx: BenchContext) -> dict:
         result["profile"] = {"resnet18_score_and_gradcam": torch_profile(
             lambda: (explain_exam(m, x, precision=precision), explain_slices(m, x, method="gradcam")))}
     return result
+
+
+# ------------------------------------------------------------------------------ training-rate probes
+def matmul_flops(dtype, n: int = 1024, seconds: float = 1.0, seed: int = 0) -> float:
+    """The CPU's dense matrix-multiply rate (FLOP/s) for a torch ``dtype`` at the current thread count."""
+    import time
+
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
+    for _ in range(3):
+        a @ b
+    k, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        k += 1
+    return 2 * n ** 3 * k / (time.perf_counter() - t0)
+
+
+def encoder_train_step(encoder: str = "compact", *, input_size: int = 128, batch: int = 64, precision: str = "bf16",
+                       channels_last: bool | None = None, seed: int = 0, **kwargs):
+    """One CPU training step of an encoder (forward, backward, AdamW) on a fixed random batch.
+
+    Returns a no-argument function that runs the step; used by ``encoder_throughput`` and the
+    benchmark's profiles. ``channels_last`` defaults to on under bf16. The global RNG is left as it was.
+    """
+    import torch
+
+    from ich.device import autocast
+    from ich.models import build_encoder
+
+    with torch.random.fork_rng(devices=[]):             # seeded weights without reseeding the caller's RNG
+        torch.manual_seed(seed)
+        enc = build_encoder(encoder, **kwargs)
+    cl = precision == "bf16" if channels_last is None else channels_last
+    if cl:
+        enc = enc.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(enc.parameters(), lr=1e-4)
+    x = torch.rand(batch, enc.in_channels, input_size, input_size,
+                   generator=torch.Generator().manual_seed(seed))      # (N, C, H, W)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def step():
+        with autocast(torch.device("cpu"), precision):
+            y = enc(x)
+        y.float().pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def encoder_throughput(encoder: str = "compact", *, input_size: int = 128, batch: int = 64, precision: str = "bf16",
+                       channels_last: bool | None = None, seconds: float = 3.0, **kwargs) -> dict:
+    """Training throughput of an encoder on CPU: full steps (forward, backward, AdamW) on random slices.
+
+    Returns:
+        {"slices_per_s", "flop_per_s", "flop_per_slice"}; FLOPs counted by torch's FlopCounterMode
+        (forward + backward of convolutions and matmuls).
+    """
+    import time
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    step = encoder_train_step(encoder, input_size=input_size, batch=batch, precision=precision,
+                              channels_last=channels_last, **kwargs)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    step()
+    k, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or k < 2:
+        step()
+        k += 1
+    dt = (time.perf_counter() - t0) / k
+    return {"slices_per_s": batch / dt, "flop_per_s": flops / dt, "flop_per_slice": flops / batch}
