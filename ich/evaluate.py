@@ -41,6 +41,7 @@ from ich import metrics as M
 from ich import runs
 from ich.config import check_choice
 from ich.labels import SUBTYPES
+from ich.record import FORMAT as RECORD_FORMAT
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -553,7 +554,7 @@ def evaluate_run(run: str | os.PathLike, dataset: str | os.PathLike | None = Non
     default_name, split = _resolve_predictions(run, dataset, split)
     exams, slices, name = load_predictions(run, dataset, split=split, name=name or default_name, device=device)
     supervision = cfg.train.supervision
-    result = {"run": Path(run).name, "dataset": dataset, "split": split,
+    result = {"format": RECORD_FORMAT, "run": Path(run).name, "dataset": dataset, "split": split,
               "prediction_name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     thresholds = validation_thresholds(run)      # never this split's own ROC: no test peeking
     result.update(summarise(exams, slices, supervision=supervision, level=level, ci_method=ci_method,

@@ -855,16 +855,13 @@ def cell_row(study: str | os.PathLike, cell: Cell) -> dict:
                lr=_num(summary.get("lr", nan)))
     if row["state"] != "done":
         return row
-    m = runs.read_evaluation(d)
-    ex = m.get("exam") or {}
-    row.update(exam_auc=_num(ex.get("auc")), exam_auc_ci_low=_num(ex.get("auc_ci_low")),
-               exam_auc_ci_high=_num(ex.get("auc_ci_high")),
-               slice_auc=_num(((m.get("slice") or {}).get("probability") or {}).get("auc")))
-    estimator = "probability" if cell.supervision == "strong" else "attention"
-    row["sequence_f1"] = _num(((m.get("sequence") or {}).get(estimator) or {}).get("f1"))
-    pix = ((m.get("pixel") or {}).get("methods") or {}).get("gradcam") or {}
-    row["pixel_dice"] = _num((((pix.get("by_subtype") or {}).get("Any") or {}).get("dice_mask") or {}).get("median"))
-    row["seconds"] = _num(summary.get("seconds", nan)) + _num(m.get("seconds", 0.0))
+    from ich.record import Evaluation      # here, like runs: both import torch, which `import ich.study` avoids
+
+    m = Evaluation.read(d)
+    seq = m.sequence_f1.get("probability" if cell.supervision == "strong" else "attention", nan)
+    row.update(exam_auc=m.exam_auc, exam_auc_ci_low=m.exam_auc_ci_low, exam_auc_ci_high=m.exam_auc_ci_high,
+               slice_auc=m.slice_auc, sequence_f1=seq, pixel_dice=m.pixel_dice,
+               seconds=_num(summary.get("seconds", nan)) + (m.seconds if m.seconds == m.seconds else 0.0))
     return row
 
 

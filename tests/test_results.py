@@ -69,3 +69,28 @@ def test_a_finished_run_reads_as_a_sentence_not_a_json_dump(tiny_phantom_run):
     assert text.startswith(f"Trained a {summary['supervision']} learner on {summary['n_labels']} ")
     assert "How the model was chosen: " in text and "{" not in text and "None" not in text
     assert run_sentence({"state": "cancelled"}) == "The run ended cancelled."
+
+
+def test_the_evaluation_record_reads_old_and_new_metrics_and_refuses_newer(tiny_phantom_run, tmp_path):
+    import json
+    import shutil
+
+    import pytest
+
+    from ich import runs
+    from ich.evaluate import evaluate_run
+    from ich.record import FORMAT, Evaluation
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_phantom_run, run)
+    written = evaluate_run(run, pixel=False)
+    assert written["format"] == FORMAT
+    m = Evaluation.read(run)
+    assert m.exam_auc == written["exam"]["auc"] and m.supervision == written["supervision"]
+    assert m.own_sequence_f1 == m.sequence_f1["probability" if m.supervision == "strong" else "attention"]
+    old = {k: v for k, v in written.items() if k != "format"}           # a record from before the field
+    assert Evaluation.from_dict(old).format == 1 and Evaluation.from_dict(old).exam_auc == m.exam_auc
+    assert np.isnan(Evaluation.from_dict({"run": "r"}).exam_auc)      # missing figures are NaN, not errors
+    with pytest.raises(ValueError, match="newer than this code reads"):
+        Evaluation.from_dict({**written, "format": FORMAT + 1})
+    assert json.loads(runs.evaluation_path(run).read_text())["format"] == FORMAT
