@@ -127,8 +127,8 @@ def test_process_pool_gives_the_same_dataset(trees, tmp_path, monkeypatch, name)
     src, _ = trees[name]
     kw = {"bhx": src / "bhx.csv"} if name == "cq500" else {}
     _run(name, src, tmp_path / "serial", **kw)
-    monkeypatch.setattr(sources, "PARALLEL_MIN_FILES", 1)
-    monkeypatch.setattr(sources, "PARALLEL_MIN_COMPRESSED", 1)
+    monkeypatch.setattr(sources.common, "PARALLEL_MIN_FILES", 1)
+    monkeypatch.setattr(sources.common, "PARALLEL_MIN_COMPRESSED", 1)
     report = _run(name, src, tmp_path / "pool", workers=2, **kw)
     assert report["scan_workers"] == 2 and report["decode_workers"] == (2 if name == "cq500" else 1)
     a, b = open_dataset(tmp_path / "serial"), open_dataset(tmp_path / "pool")
@@ -290,10 +290,10 @@ def test_ctich_mask_must_be_binary(trees, tmp_path):
 
 def test_ctich_mask_codes_rule():
     sub = np.array([[0, 1, 0, 0, 0], [0, 1, 0, 0, 1], [0, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 0, 0, 1]])
-    codes, ambiguous, unlabelled = sources._ctich_codes(sub, np.array([1, 1, 1, 0, 1], dtype=bool))
+    codes, ambiguous, unlabelled = sources.ctich.mask_codes(sub, np.array([1, 1, 1, 0, 1], dtype=bool))
     # one subtype -> its code; several -> the exam's most frequent of them; none -> the exam's most frequent
     assert codes.tolist() == [2, 2, 2, 2, 5] and ambiguous == 1 and unlabelled == 1
-    codes, _, _ = sources._ctich_codes(np.zeros((2, 5), dtype=int), np.array([True, False]))
+    codes, _, _ = sources.ctich.mask_codes(np.zeros((2, 5), dtype=int), np.array([True, False]))
     assert codes[0] == SUBTYPES.index("intraparenchymal") + 1
 
 
