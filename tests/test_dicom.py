@@ -13,6 +13,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 import ich.dicom as icd
+from ich.pool import WorkerPool
 from _datasets import SECRET_BIRTH, SECRET_ID, SECRET_NAME, edit, head_volume, plant_identity, to_jpeg_lossless, \
     truncate_pixels
 from ich.dicom import DecoderMissingError, DicomError, read_series, write_series
@@ -100,7 +101,7 @@ def test_fast_pixel_read_equals_pydicom(tmp_path, series):
     for f in files:
         h = icd.read_slice_header(f)
         assert h.pixel_offset is not None
-        np.testing.assert_array_equal(icd._read_fast(h), pydicom.dcmread(f).pixel_array)
+        np.testing.assert_array_equal(icd.decode._read_fast(h), pydicom.dcmread(f).pixel_array)
 
 
 def test_header_fields_match_pydicom_for_every_encoding(tmp_path, series):
@@ -128,9 +129,9 @@ def test_header_fields_match_pydicom_for_every_encoding(tmp_path, series):
             if h.pixel_offset is None:
                 arr = icd.decode_file(f)[0]
             elif h.transfer_syntax in icd.NATIVE_FAST:
-                arr = icd._read_fast(h)
+                arr = icd.decode._read_fast(h)
             else:
-                arr = icd._read_encapsulated(h, icd.choose_decoder(h.transfer_syntax))
+                arr = icd.decode._read_encapsulated(h, icd.choose_decoder(h.transfer_syntax))
             np.testing.assert_array_equal(arr, ds.pixel_array)
 
 
@@ -311,7 +312,7 @@ def test_missing_decoder_names_the_package(tmp_path, series, monkeypatch):
     for sop in sops:
         to_jpeg_lossless(_file(folder, sop))
     np.testing.assert_array_equal(read_series(folder).hu, hu)  # gdcm decodes it
-    monkeypatch.setattr(icd, "_available_decoders", lambda ts: ())
+    monkeypatch.setattr(icd.decode, "_available_decoders", lambda ts: ())
     with pytest.raises(DecoderMissingError, match=r"uses JPEG Lossless.*\(1\.2\.840\.10008\.1\.2\.4\.70\) and no "
                                                   r"decoder .*pip install python-gdcm"):
         read_series(folder)
@@ -331,7 +332,7 @@ def test_on_error_must_be_a_known_mode(series):
 
 def test_workers_must_be_positive():
     with pytest.raises(ValueError, match="workers must be a positive integer"):
-        icd.WorkerPool(0)
+        WorkerPool(0)
 
 
 @pytest.mark.filterwarnings("ignore:End of file reached before delimiter")
@@ -345,7 +346,7 @@ def test_encapsulated_frames_are_decoded_from_the_offset_and_damage_still_names_
     np.testing.assert_array_equal(decoded.hu, pydicom.dcmread(src).pixel_array[None].astype(decoded.hu.dtype))
     cut = tmp_path / "cut.dcm"
     cut.write_bytes(src.read_bytes()[: h.pixel_offset + 200])
-    assert icd._read_encapsulated(icd.read_slice_header(cut), "pydicom") is None
+    assert icd.decode._read_encapsulated(icd.read_slice_header(cut), "pydicom") is None
     with pytest.raises(icd.DicomError, match="cut.dcm"):
         icd.decode_series([icd.read_slice_header(cut)], size=None)
 

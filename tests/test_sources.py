@@ -231,7 +231,7 @@ def test_cq500_bad_bhx_rows(trees, tmp_path):
 
 def test_cq500_missing_decoder(trees, tmp_path, monkeypatch):
     src, _ = trees["cq500"]
-    monkeypatch.setattr(icd, "_available_decoders", lambda ts: ())
+    monkeypatch.setattr(icd.decode, "_available_decoders", lambda ts: ())
     with pytest.raises(DecoderMissingError, match=r"CT000000\.dcm uses JPEG Lossless.*1\.2\.840\.10008\.1\.2\.4\.70.*"
                                                   r"pip install python-gdcm"):
         _run("cq500", src, tmp_path / "out")

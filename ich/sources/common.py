@@ -21,6 +21,7 @@ import pandas as pd
 from ich import dicom
 from ich.dicom import DicomError, SeriesPlan, SliceHeader
 from ich.labels import SUBTYPES
+from ich.pool import WorkerPool
 from ich.preprocess import resize
 from ich.store import DatasetWriter, check_exam_id
 
@@ -162,10 +163,10 @@ class DicomExam:
     mask_path: Path | None = None               # NIfTI mask (W, H, S), codes 0..5
 
 
-def scan_headers(paths, report: ImportReport, *, pool: dicom.WorkerPool, on_error: str,
+def scan_headers(paths, report: ImportReport, *, pool: WorkerPool, on_error: str,
           on_progress: ProgressFn | None) -> list[SliceHeader]:
     if len(paths) < PARALLEL_MIN_FILES:
-        pool = dicom.WorkerPool(1)
+        pool = WorkerPool(1)
     report.info["scan_workers"] = pool.workers
     scan = dicom.scan_headers(paths, pool=pool, on_error=on_error, on_progress=on_progress)
     for err in scan.problems:
@@ -195,7 +196,7 @@ def box_mask(boxes: list[list[tuple]], shape: tuple[int, int, int]) -> np.ndarra
 
 
 def write_dicom_exams(writer: DatasetWriter, exams: list[DicomExam], report: ImportReport, *,
-                       pool: dicom.WorkerPool, on_error: str, on_progress: ProgressFn | None) -> None:
+                       pool: WorkerPool, on_error: str, on_progress: ProgressFn | None) -> None:
     """Decode every exam's series (in a process pool) and add it to the writer."""
     all_headers = [h for e in exams for h in e.plan.headers]
     decoders = dicom.choose_decoders(all_headers)  # fails before decoding when a decoder is missing
@@ -208,7 +209,7 @@ def write_dicom_exams(writer: DatasetWriter, exams: list[DicomExam], report: Imp
     compressed = sum(h.pixel_offset is None or h.transfer_syntax not in dicom.NATIVE_FAST for h in all_headers)
     resized = sum((h.rows, h.cols) != (writer.size, writer.size) for h in all_headers)
     heavy = compressed >= PARALLEL_MIN_COMPRESSED or resized >= PARALLEL_MIN_FILES
-    mapper = pool if heavy else dicom.WorkerPool(1)
+    mapper = pool if heavy else WorkerPool(1)
     report.info["decode_workers"] = mapper.workers
     report_progress(on_progress, "decode", 0, total)
     for e, dec in zip(exams, mapper.map_ordered(dicom.decode_task, tasks)):

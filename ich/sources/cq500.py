@@ -15,6 +15,7 @@ import pandas as pd
 from ich import dicom
 from ich.dicom import SeriesPlan, SliceHeader
 from ich.labels import SUBTYPE_ABBREV, SUBTYPES
+from ich.pool import WorkerPool
 from ich.sources.common import (DicomExam, ProgressFn, begin_import, finish_import, finite_or_none, plan_series,
                                 scan_headers, unique_name, write_dicom_exams)
 from ich.store import safe_exam_id
@@ -132,9 +133,9 @@ def import_cq500(src, out, *, reads: str | os.PathLike | None = None, bhx: str |
     if series not in CQ500_SERIES_RULES:
         raise ValueError(f"series must be one of {list(CQ500_SERIES_RULES)}, not {series!r}")
     src, writer, report = begin_import("cq500", src, out, size=size, workers=workers, on_error=on_error,
-                                             overwrite=overwrite, split_seed=split_seed)
+                                                   overwrite=overwrite, split_seed=split_seed)
     reads_path = Path(reads) if reads is not None else src / "reads.csv"
-    with writer, dicom.WorkerPool(workers) as pool:
+    with writer, WorkerPool(workers) as pool:
         labels = read_cq500_reads(reads_path)
         boxes, bhx_stats = read_bhx(bhx) if bhx is not None else (None, None)
         files = dicom.list_dicom_files(src)

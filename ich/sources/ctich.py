@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ich import dicom
 from ich.labels import SUBTYPES
+from ich.pool import WorkerPool
 from ich.preprocess import resize
 from ich.sources.common import ProgressFn, begin_import, finish_import, finite_or_none, report_progress
-
 
 CTICH_SUBTYPE_COLUMNS = {s: s.capitalize() for s in SUBTYPES}  # epidural -> "Epidural"
 CTICH_COLUMNS = ("PatientNumber", "SliceNumber", *CTICH_SUBTYPE_COLUMNS.values(), "No_Hemorrhage")
@@ -106,8 +105,8 @@ def import_ctich(src, out, *, size: int = 256, workers: int = 2, on_progress: Pr
     the module docstring. Exam id ``ctich-NNN``, patient = the subject number.
     """
     src, writer, report = begin_import("ctich", src, out, size=size, workers=workers, on_error=on_error,
-                                       overwrite=overwrite, split_seed=split_seed)
-    with writer, dicom.WorkerPool(workers) as pool:
+                                             overwrite=overwrite, split_seed=split_seed)
+    with writer, WorkerPool(workers) as pool:
         root = _ctich_root(src)
         table = read_ctich_csv(root / "hemorrhage_diagnosis_raw_ct.csv")
         vols = sorted(p for p in (root / "ct_scans").iterdir() if p.name.endswith((".nii", ".nii.gz")))
@@ -142,7 +141,7 @@ def import_ctich(src, out, *, size: int = 256, workers: int = 2, on_progress: Pr
                  "csv_patients_without_volume": sorted(int(p) for p in set(table["PatientNumber"]) - with_volume)}
         ambiguous = unlabelled = mismatched = 0
         if len(tasks) < 4:  # a pool is not worth starting for a few volumes
-            pool = dicom.WorkerPool(1)
+            pool = WorkerPool(1)
         report.info["decode_workers"] = pool.workers
         report_progress(on_progress, "import", 0, len(tasks))
         for k, ((pid, v, rows, sub), res) in enumerate(zip(meta, pool.map_ordered(_ctich_task, tasks))):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ich import dicom
 from ich.pseudonyms import exam_pseudonym
+from ich.pool import WorkerPool
 from ich.sources.common import (DicomExam, ProgressFn, begin_import, finish_import, plan_series, read_rsna_labels,
                                 scan_headers, slice_labels_from_table, unique_name, write_dicom_exams)
 
@@ -26,8 +27,8 @@ def import_folder(src, out, *, labels: str | os.PathLike | None = None, size: in
         ValueError: the labels CSV names images that are not in ``src`` (always), empty source, ...
     """
     src, writer, report = begin_import("folder", src, out, size=size, workers=workers, on_error=on_error,
-                                       overwrite=overwrite, split_seed=split_seed)
-    with writer, dicom.WorkerPool(workers) as pool:
+                                             overwrite=overwrite, split_seed=split_seed)
+    with writer, WorkerPool(workers) as pool:
         files = dicom.list_dicom_files(src)
         table = None
         if labels is not None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from ich import dicom
 from ich.dicom import DicomError, SliceHeader
+from ich.pool import WorkerPool
 from ich.sources.common import (DicomExam, ProgressFn, begin_import, finish_import, plan_series, read_rsna_labels,
                                 scan_headers, slice_labels_from_table, write_dicom_exams)
 from ich.store import check_exam_id
-
 
 PHANTOM_GENERATOR = "ich.phantom"
 PHANTOM_VERSION = 1
@@ -25,8 +25,8 @@ def import_phantom(src, out, *, size: int = 256, workers: int = 2, on_progress: 
     Exam id = the folder name under ``exams/``.
     """
     src, writer, report = begin_import("phantom", src, out, size=size, workers=workers, on_error=on_error,
-                                       overwrite=overwrite, split_seed=split_seed)
-    with writer, dicom.WorkerPool(workers) as pool:
+                                             overwrite=overwrite, split_seed=split_seed)
+    with writer, WorkerPool(workers) as pool:
         info_path = src / "synth.json"
         if not info_path.is_file():
             raise FileNotFoundError(f"{src} has no synth.json, so it is not a phantom folder; create one with "
@@ -47,7 +47,7 @@ def import_phantom(src, out, *, size: int = 256, workers: int = 2, on_progress: 
         if not exams_dir.is_dir():
             raise FileNotFoundError(f"{exams_dir} does not exist; a phantom folder holds exams/<exam_id>/*.dcm")
         headers = scan_headers(dicom.list_dicom_files(exams_dir), report, pool=pool, on_error=on_error,
-                               on_progress=on_progress)
+                                      on_progress=on_progress)
         by_exam: dict[str, list[SliceHeader]] = {}
         for h in headers:
             by_exam.setdefault(Path(h.path).relative_to(exams_dir).parts[0], []).append(h)

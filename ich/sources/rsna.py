@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from ich import dicom
+from ich.pool import WorkerPool
 from ich.sources.common import (DicomExam, ProgressFn, begin_import, finish_import, log, plan_series,
                                 read_rsna_labels, scan_headers, slice_labels_from_table, write_dicom_exams)
 from ich.store import safe_exam_id
@@ -25,7 +26,7 @@ def import_rsna(src, out, *, csv: str | os.PathLike | None = None, images: str |
         images: the DICOM folder (default ``src/stage_2_train``).
     """
     src, writer, report = begin_import("rsna", src, out, size=size, workers=workers, on_error=on_error,
-                                       overwrite=overwrite, split_seed=split_seed)
+                                             overwrite=overwrite, split_seed=split_seed)
     csv = Path(csv) if csv is not None else src / "stage_2_train.csv"
     images = Path(images) if images is not None else src / "stage_2_train"
     for path, what in ((csv, "the label CSV"), (images, "the DICOM folder")):
@@ -33,7 +34,7 @@ def import_rsna(src, out, *, csv: str | os.PathLike | None = None, images: str |
             raise FileNotFoundError(
                 f"{path} does not exist ({what}); the RSNA importer expects SRC/stage_2_train.csv and "
                 "SRC/stage_2_train/ID_<hex>.dcm as unzipped from Kaggle (or pass csv=/images=)")
-    with writer, dicom.WorkerPool(workers) as pool:
+    with writer, WorkerPool(workers) as pool:
         table, stats = read_rsna_labels(csv)
         files = dicom.list_dicom_files(images)
         headers = scan_headers(files, report, pool=pool, on_error=on_error, on_progress=on_progress)
