@@ -101,7 +101,7 @@ _EXPORTS = {
     "summarise": "ich.evaluate",
     "evaluate_run": "ich.evaluate",
     "compare_runs": "ich.evaluate",
-    "explain_run_exam": "ich.evaluate",
+    "explain_run_exam": "ich.inspect",
     "safe_extract_zip": "ich.uploads",
     "import_upload": "ich.uploads",
     "roc_auc": "ich.metrics",

@@ -4,7 +4,8 @@ import pandas as pd
 import streamlit as st
 
 from ich import paths, runs
-from ich.evaluate import explain_run_exam, load_predictions, validation_operating_point
+from ich.evaluate import load_predictions
+from ich.inspect import explain_run_exam, validation_operating_point
 from ich.explain import overlay
 from ich.figures import hu_slice_figure, slice_strip_figure
 from ich.labels import WINDOWS

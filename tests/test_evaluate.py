@@ -15,8 +15,9 @@ from ich import metrics as M
 from ich import runs
 from ich.cli import main
 from ich.config import make_config
-from ich.evaluate import (compare_runs, evaluate_run, exam_summary, explain_run_exam, select_pixel_slices,
+from ich.evaluate import (compare_runs, evaluate_run, exam_summary, select_pixel_slices,
                           sequence_summary, summarise, summarise_pixels)
+from ich.inspect import explain_run_exam
 from ich.store import DatasetWriter, open_dataset
 from ich.train import fit
 
@@ -466,7 +467,7 @@ def test_a_run_without_validation_predictions_reports_no_operating_point(tmp_pat
 
 def test_operating_point_is_fixed_on_validation_and_reported_on_test(tiny_phantom_run):
     from ich import runs
-    from ich.evaluate import validation_operating_point
+    from ich.inspect import validation_operating_point
     from ich.metrics import operating_point
 
     op = validation_operating_point(tiny_phantom_run, device="cpu")

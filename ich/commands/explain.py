@@ -61,7 +61,7 @@ def parse_slices(text: str | None) -> list[int] | None:
 
 
 def write_explanation(res: dict, out: str | os.PathLike, *, png: bool = True) -> list[Path]:
-    """Write an ``evaluate.explain_run_exam`` result: one npz and, with ``png``, one overlay per slice."""
+    """Write an ``inspect.explain_run_exam`` result: one npz and, with ``png``, one overlay per slice."""
     import numpy as np
     from PIL import Image
 
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         runs.trust_checkpoint(args.run)
     import numpy as np
 
-    from ich.evaluate import explain_run_exam
+    from ich.inspect import explain_run_exam
 
     for name in ("n_steps", "internal_batch_size"):
         if getattr(args, name) < 1:
