@@ -38,8 +38,8 @@ from ich.dicom.decode import (choose_decoder, choose_decoders, decode_file, deco
                               DecodedSeries, hu_from_pixels)
 from ich.dicom.scan import (first_value, group_series, HeaderScan, list_dicom_files, plan_series, read_slice_header,
                             scan_headers, SeriesPlan, SliceHeader, syntax_name)
-from ich.dicom.series import (read_series, Volume)
-from ich.dicom.write import (make_uid, write_series)
+from ich.dicom.series import read_series, Volume
+from ich.dicom.write import make_uid, write_series
 
 __all__ = ["DECODER_PREFERENCE", "DICOM_SUFFIXES", "DecodeLimits", "DecodedSeries", "DecoderMissingError",
            "DicomError", "HeaderScan", "INSTALL_HINT", "NATIVE_FAST", "ON_ERROR", "POSITION_TOL_MM", "SeriesPlan",

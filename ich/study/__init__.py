@@ -38,11 +38,11 @@ from __future__ import annotations
 from ich.study.folder import (EVENTS_FILE, FORMAT, LOCK_FILE, PROGRESS_FILE, RUNS_DIR, SPEC_FILE, SUMMARY_FILE,
                               StudyLock, all_runs, append_event, cell_dir, cell_state, check_same_spec, is_study,
                               lock_spec, mark_cancelled, read_events, read_progress, read_study, write_progress)
-from ich.study.run import (prepare_embeddings, run_cell, run_study)
+from ich.study.run import prepare_embeddings, run_cell, run_study
 from ich.study.spec import (AUTO_PRETRAIN, EXECUTORS, REPEATS, STUDY_PRESETS, Cell, StudyConfig, cell_config,
                             check_budgets, default_encoder_path, make_study, plan_cells, reference_repeats,
                             resolve_study)
-from ich.study.summary import (CELL_COLUMNS, STAT_COLUMNS, cell_row, summarise_study, write_summary)
+from ich.study.summary import CELL_COLUMNS, STAT_COLUMNS, cell_row, summarise_study, write_summary
 
 __all__ = ["AUTO_PRETRAIN", "CELL_COLUMNS", "Cell", "EVENTS_FILE", "EXECUTORS", "FORMAT", "LOCK_FILE",
            "PROGRESS_FILE", "REPEATS", "RUNS_DIR", "SPEC_FILE", "STAT_COLUMNS", "STUDY_PRESETS", "SUMMARY_FILE",
