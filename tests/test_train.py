@@ -18,7 +18,8 @@ from _blobs import write_blob_dataset
 from ich import runs
 from ich.config import make_config, with_overrides
 from ich.models import build_encoder, save_encoder
-from ich.train import fit, focal_loss
+from ich.objective import focal_loss
+from ich.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
 

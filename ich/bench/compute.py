@@ -91,7 +91,7 @@ def bench_peer_race(ctx: BenchContext) -> dict:
     from ich.config import make_config
     from ich.models import build_encoder, build_model
     from ich.device import autocast, resolve_precision
-    from ich.train import focal_loss, make_loss, make_optimizer
+    from ich.objective import focal_loss, make_loss, make_optimizer
 
     cpu = torch.device("cpu")
     precision = resolve_precision("auto", cpu)
