@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ich.config import check_choice
+from ich.config import RunConfig, check_choice
 from ich.preprocess import resize, stack_windows
 
 log = logging.getLogger(__name__)
@@ -511,3 +511,12 @@ def exam_slice_labels(slices: pd.DataFrame, exam_ids) -> dict[str, np.ndarray]:
         for s, e in zip(np.r_[0, bounds], np.r_[bounds, len(ids)]):
             out[ids[s]] = lab[s:e]
     return out
+
+
+def bag_loader(dataset, exams: pd.DataFrame, cfg: RunConfig, *, volumes: VolumeCache | None = None,
+               batch_exams: int = 1) -> torch.utils.data.DataLoader:
+    """A loader of whole exams (all slices, in order, no augmentation), with their slice labels."""
+    volumes = volumes or VolumeCache(dataset, cfg.data.input_size)
+    ds = BagDataset(volumes, exams, windows=cfg.data.windows,
+                    slice_labels=exam_slice_labels(dataset.slices, exams["exam_id"]))
+    return torch.utils.data.DataLoader(ds, batch_size=batch_exams, shuffle=False, collate_fn=collate_bags)

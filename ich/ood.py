@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from ich import runs
+from ich.data import bag_loader
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -75,8 +76,6 @@ class Reference:
 
 def _embed_exams(model, dataset, exams: pd.DataFrame, cfg, device: torch.device):
     """Yield (exam_id, slice embeddings (S, D) float32) for every exam, in order, one exam at a time."""
-    from ich.predict import bag_loader
-
     exams = exams.assign(label=exams["label"] if "label" in exams else np.nan)
     with torch.no_grad():
         for batch in bag_loader(dataset, exams.reset_index(drop=True), cfg):

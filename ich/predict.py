@@ -19,8 +19,7 @@ import pandas as pd
 import torch
 
 from ich import runs
-from ich.config import RunConfig
-from ich.data import BagDataset, VolumeCache, collate_bags, exam_slice_labels, window_slices
+from ich.data import bag_loader, window_slices
 from ich.device import autocast, resolve_device, resolve_precision
 from ich.metrics import roc_auc
 from ich.preprocess import resize
@@ -107,15 +106,6 @@ def summarize(pred: pd.DataFrame) -> dict:
     return {"exam_auc": labelled_auc(ey, exams["score"].to_numpy(float)),
             "slice_auc": labelled_auc(sy, pred["slice_score"].to_numpy(float)),
             "n_exams": int(len(exams)), "n_positive_exams": int(np.nansum(ey))}
-
-
-def bag_loader(dataset, exams: pd.DataFrame, cfg: RunConfig, *, volumes: VolumeCache | None = None,
-               batch_exams: int = 1) -> torch.utils.data.DataLoader:
-    """A loader of whole exams (all slices, in order, no augmentation), with their slice labels."""
-    volumes = volumes or VolumeCache(dataset, cfg.data.input_size)
-    ds = BagDataset(volumes, exams, windows=cfg.data.windows,
-                    slice_labels=exam_slice_labels(dataset.slices, exams["exam_id"]))
-    return torch.utils.data.DataLoader(ds, batch_size=batch_exams, shuffle=False, collate_fn=collate_bags)
 
 
 def predict_dataset(run: str | os.PathLike, dataset_path: str | os.PathLike, *, split: str | None = None,
