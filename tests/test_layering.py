@@ -52,3 +52,48 @@ def test_pages_never_import_the_cli_layer():
         bad |= {f"ich.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "ich"
                 for a in n.names if a.name == "commands"}
         assert not bad, f"{page.name} imports the CLI layer: {bad}"
+
+
+def ich_imports(path: Path) -> set[str]:
+    """The ich modules a file imports, at the top or inside functions (``from ich import x`` counts as ``ich.x``)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("ich.")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ich"):
+            out |= {f"{node.module}.{a.name}" for a in node.names} | ({node.module} - {"ich"})
+    return out
+
+
+def test_no_import_cycle_even_through_imports_inside_functions():
+    modules = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in (REPO / "ich").rglob("*.py")}
+
+    def owner(name: str) -> str | None:
+        while name not in modules and "." in name:
+            name = name.rsplit(".", 1)[0]
+        return name if name in modules and name != "ich" else None
+
+    graph = {m: {o for n in ich_imports(p) if (o := owner(n)) and o != m and not m.startswith(o + ".")}
+             for m, p in modules.items() if m != "ich"}
+    done, path = set(), []
+
+    def visit(m: str) -> None:
+        if m in done:
+            return
+        assert m not in path, "import cycle: " + " -> ".join(path[path.index(m):] + [m])
+        path.append(m)
+        for d in sorted(graph.get(m, ())):
+            visit(d)
+        path.pop()
+        done.add(m)
+
+    for m in sorted(graph):
+        visit(m)
+
+
+def test_modules_stay_short_enough_to_read():
+    """One job per module: none over ~600 lines (650 allowed), except the statistics in metrics.py."""
+    long = {str(p.relative_to(REPO)): n for p in (REPO / "ich").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 650 and p.name != "metrics.py"}
+    assert not long, f"split these modules by job: {long}"
