@@ -41,6 +41,7 @@ from ich import metrics as M
 from ich import runs
 from ich.config import check_choice
 from ich.labels import SUBTYPES
+from ich.predict import load_predictions, resolve_predictions
 from ich.record import FORMAT as RECORD_FORMAT
 
 log = logging.getLogger(__name__)
@@ -437,55 +438,6 @@ def _pointing_by_subtype(scores: pd.DataFrame) -> dict[str, list[float]]:
 
 
 # ------------------------------------------------------------------------------ run level
-def _resolve_predictions(run, dataset_path, split: str | None) -> tuple[str | None, str]:
-    """(prediction name, split) the ``predict`` verb uses for this run and dataset (see ``predict.predict_dataset``)."""
-    from ich.store import open_dataset
-
-    cfg = runs.read_config(run)
-    own = bool(cfg.data.dataset) and Path(dataset_path).resolve() == Path(cfg.data.dataset).resolve()
-    split = split or ("test" if own else "all")
-    check_choice("split", split, ("train", "val", "test", "all"))
-    if own and split == "test":
-        return None, split
-    name = open_dataset(dataset_path).name
-    return (name if split == "all" else f"{name}-{split}"), split
-
-
-def load_predictions(run: str | os.PathLike, dataset: str | os.PathLike | None = None, *, split: str | None = None,
-                     name: str | None = None, score_missing: bool = True,
-                     device: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
-    """A run's prediction tables for a dataset, scoring it first when the run has none.
-
-    Args:
-        run: run folder.
-        dataset: dataset folder (default: the run's own).
-        split: train | val | test | all (default: test for the run's own dataset, else all).
-        name: read ``predictions-<name>.parquet`` (as ``predict --name``) instead of the default name.
-        score_missing: run ``predict.predict_dataset`` when the file is missing and the run is done
-            (the run's own test split is always written by training, never scored here).
-
-    Returns:
-        (exams, slices, name) as ``runs.read_predictions``, plus the prediction name (None for
-        the run's own test split).
-    """
-    cfg = runs.read_config(run)
-    dataset = dataset or cfg.data.dataset
-    if not dataset:
-        raise ValueError(f"run {Path(run).name} records no dataset; pass --dataset")
-    default_name, split = _resolve_predictions(run, dataset, split)
-    name = name or default_name
-    if not runs.predictions_path(run, name).is_file():
-        state = runs.read_status(run).get("state")
-        if not score_missing or name is None or state != "done":
-            runs.read_predictions(run, name)          # raises the "no predictions (state: ...)" message
-        from ich.predict import predict_dataset
-
-        log.info("run %s has no predictions for %s (%s); scoring it now", Path(run).name, dataset, split)
-        predict_dataset(run, dataset, split=split, name=name, device=device)
-    exams, slices = runs.read_predictions(run, name)
-    return exams, slices, name
-
-
 def validation_thresholds(run: str | os.PathLike) -> dict:
     """Cutoffs fixed on the labels a run used for model selection, to apply unchanged to test data.
 
@@ -551,7 +503,7 @@ def evaluate_run(run: str | os.PathLike, dataset: str | os.PathLike | None = Non
     check_choice("selection", selection, SELECTIONS)
     cfg = runs.read_config(run)
     dataset = str(dataset or cfg.data.dataset)
-    default_name, split = _resolve_predictions(run, dataset, split)
+    default_name, split = resolve_predictions(run, dataset, split)
     exams, slices, name = load_predictions(run, dataset, split=split, name=name or default_name, device=device)
     supervision = cfg.train.supervision
     result = {"format": RECORD_FORMAT, "run": Path(run).name, "dataset": dataset, "split": split,

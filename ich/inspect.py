@@ -17,9 +17,9 @@ import pandas as pd
 from ich import runs
 from ich.config import check_choice
 from ich.device import resolve_device, resolve_precision
-from ich.evaluate import exam_input, load_predictions, take_slices, validation_thresholds
+from ich.evaluate import exam_input, take_slices, validation_thresholds
 from ich.explain import explain_exam, explain_slices, resize_maps, score_map
-from ich.predict import exam_probability
+from ich.predict import exam_probability, load_predictions
 from ich.preprocess import resize
 from ich.store import open_dataset
 

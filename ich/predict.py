@@ -19,10 +19,12 @@ import pandas as pd
 import torch
 
 from ich import runs
+from ich.config import check_choice
 from ich.data import bag_loader, window_slices
 from ich.device import autocast, resolve_device, resolve_precision
 from ich.metrics import roc_auc
 from ich.preprocess import resize
+from ich.store import open_dataset
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -122,8 +124,6 @@ def predict_dataset(run: str | os.PathLike, dataset_path: str | os.PathLike, *, 
     Returns:
         The file written.
     """
-    from ich.store import open_dataset
-
     cfg = runs.read_config(run)
     dataset = open_dataset(dataset_path)
     own = Path(dataset_path).resolve() == Path(cfg.data.dataset).resolve()
@@ -191,3 +191,48 @@ def score_series(run: str | os.PathLike, volume, *, device: str = "auto") -> dic
     slices = slices.assign(ood_distance=verdict["slice_distance"].astype(np.float32))
     return {"exam_score": score, "slices": slices, "ood": verdict["ood"], "ood_score": verdict["ood_score"],
             "ood_threshold": verdict["threshold"], "ood_reason": verdict["reason"]}
+
+
+def resolve_predictions(run, dataset_path, split: str | None) -> tuple[str | None, str]:
+    """(prediction name, split) the ``predict`` verb uses for this run and dataset (see ``predict.predict_dataset``)."""
+    cfg = runs.read_config(run)
+    own = bool(cfg.data.dataset) and Path(dataset_path).resolve() == Path(cfg.data.dataset).resolve()
+    split = split or ("test" if own else "all")
+    check_choice("split", split, ("train", "val", "test", "all"))
+    if own and split == "test":
+        return None, split
+    name = open_dataset(dataset_path).name
+    return (name if split == "all" else f"{name}-{split}"), split
+
+
+def load_predictions(run: str | os.PathLike, dataset: str | os.PathLike | None = None, *, split: str | None = None,
+                     name: str | None = None, score_missing: bool = True,
+                     device: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
+    """A run's prediction tables for a dataset, scoring it first when the run has none.
+
+    Args:
+        run: run folder.
+        dataset: dataset folder (default: the run's own).
+        split: train | val | test | all (default: test for the run's own dataset, else all).
+        name: read ``predictions-<name>.parquet`` (as ``predict --name``) instead of the default name.
+        score_missing: run ``predict.predict_dataset`` when the file is missing and the run is done
+            (the run's own test split is always written by training, never scored here).
+
+    Returns:
+        (exams, slices, name) as ``runs.read_predictions``, plus the prediction name (None for
+        the run's own test split).
+    """
+    cfg = runs.read_config(run)
+    dataset = dataset or cfg.data.dataset
+    if not dataset:
+        raise ValueError(f"run {Path(run).name} records no dataset; pass --dataset")
+    default_name, split = resolve_predictions(run, dataset, split)
+    name = name or default_name
+    if not runs.predictions_path(run, name).is_file():
+        state = runs.read_status(run).get("state")
+        if not score_missing or name is None or state != "done":
+            runs.read_predictions(run, name)          # raises the "no predictions (state: ...)" message
+        log.info("run %s has no predictions for %s (%s); scoring it now", Path(run).name, dataset, split)
+        predict_dataset(run, dataset, split=split, name=name, device=device)
+    exams, slices = runs.read_predictions(run, name)
+    return exams, slices, name

@@ -4,12 +4,12 @@ import pandas as pd
 import streamlit as st
 
 from ich import paths, runs
-from ich.evaluate import load_predictions
 from ich.inspect import explain_run_exam, validation_operating_point
 from ich.explain import overlay
 from ich.figures import hu_slice_figure, slice_strip_figure
 from ich.labels import WINDOWS
 from ich.ood import score_dataset
+from ich.predict import load_predictions
 from ich.results import run_label
 from ich.store import open_dataset
 from ich.study import all_runs
