@@ -12,7 +12,6 @@ run with ``--robustness``, whether the cheapest plan survives the recipe variant
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import os
@@ -20,7 +19,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import jinja2
 import pandas as pd
+from markupsafe import Markup
 
 from ich import atomic
 from ich.curves import PowerLawFit
@@ -43,12 +44,13 @@ pre{background:#f7f7f7;padding:10px;overflow-x:auto;font-size:0.8em}.note{color:
 
 
 def _fmt(v, digits: int = 3) -> str:
+    """A number as the report prints it: "–" for missing, "never" for +inf, thousands separators for counts."""
     if v is None:
         return "–"
     try:
         f = float(v)
     except (TypeError, ValueError):
-        return html.escape(str(v))
+        return str(v)
     if math.isnan(f):
         return "–"
     if math.isinf(f):
@@ -60,21 +62,28 @@ def _fmt(v, digits: int = 3) -> str:
 
 #: Columns holding counts (labels, budgets, seeds): printed without decimals.
 COUNT_COLUMNS = {"budget", "n_seeds", "n_labels", "n_points", "n_min", "n_max", "n_replicates", "labels", "low", "high",
-                 "budget_low", "budget_high", "exam_labels", "slice_labels", "cost"}
+                 "budget_low", "budget_high", "exam_labels", "slice_labels", "cost", "seed"}
 
 
-def _table(df: pd.DataFrame, columns: Sequence[str], headers: Sequence[str] | None = None) -> str:
+def _table(df: pd.DataFrame | None, columns: Sequence[str], headers: Sequence[str] | None = None) -> dict | None:
+    """``{"headers", "rows"}`` of formatted cells for the template's table macro (None when there is nothing)."""
     if df is None or df.empty:
-        return "<p class='note'>(nothing yet)</p>"
-    headers = headers or columns
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    rows = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c), 0 if c in COUNT_COLUMNS else 3)}</td>" for c in columns)
-                   + "</tr>" for r in df.to_dict("records"))
-    return f"<table><tr>{head}</tr>{rows}</table>"
+        return None
+    return {"headers": list(headers or columns),
+            "rows": [[_fmt(r.get(c), 0 if c in COUNT_COLUMNS else 3) for c in columns] for r in df.to_dict("records")]}
+
+
+def _p(v) -> str:
+    """A p-value as the report prints it: "< 0.001" rather than "0.000"."""
+    return "–" if v is None or v != v else "< 0.001" if v < 0.001 else f"{v:.3f}"
 
 
 def _ci(m, lo, hi) -> str:
     return f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
+
+
+TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+                               autoescape=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
 
 
 def build_report(study: str | os.PathLike, *, cost: CostModel | None = None, targets: Sequence[float] | None = None,
@@ -98,7 +107,7 @@ def build_report(study: str | os.PathLike, *, cost: CostModel | None = None, tar
 
 
 def render_report(answer: StudyAnswer) -> str:
-    """The HTML of a computed study answer: it renders, it computes no figure of its own."""
+    """The HTML of a computed study answer (``templates/report.html.j2``): it renders, it computes no figure."""
     import plotly.io as pio
 
     from ich import runs
@@ -109,78 +118,38 @@ def render_report(answer: StudyAnswer) -> str:
     unit = {"weak": "exam labels", "strong": "slice labels"}
     figs: list[str] = []
 
-    def add(fig) -> str:
+    def add(fig) -> Markup:
         figs.append(pio.to_html(fig, full_html=False, include_plotlyjs=not figs,
                                 config={"displaylogo": False, "responsive": True}))
-        return figs[-1]
+        return Markup(figs[-1])
 
-    parts = [f"<h1>Label-budget study {html.escape(spec.name or study.name)}</h1>",
-             f"<p class='sub'>dataset <code>{html.escape(spec.dataset)}</code> · "
-             f"{html.escape(answer.status['sentence'].replace('**', ''))} · report written "
-             f"{time.strftime('%Y-%m-%d %H:%M')}</p>"]
-
-    # ---------------------------------------------------------------- the answer
-    key = []
+    targets = []
     for at in answer.targets:
         line = []
         for arm, need in at.needed.items():
             if not math.isfinite(need["n"]):
-                line.append(f"{html.escape(arm)}: fitted curve does not reach it (plateau a = {good[arm].a:.3f})")
+                line.append(f"{arm}: fitted curve does not reach it (plateau a = {good[arm].a:.3f})")
                 continue
-            line.append(f"{html.escape(arm)} needs {_fmt(need['n'], 0)} {unit.get(answer.arms[arm][0], 'labels')} "
+            line.append(f"{arm} needs {_fmt(need['n'], 0)} {unit.get(answer.arms[arm][0], 'labels')} "
                         f"[{_fmt(need['low'], 0)}, {_fmt(need['high'], 0)}]"
                         + (" (extrapolated)" if need["extrapolated"] else ""))
         if at.ratio is not None and math.isfinite(at.ratio["ratio"]):
             line.append(f"strong/weak label ratio {_fmt(at.ratio['ratio'], 1)} [{_fmt(at.ratio['low'], 1)}, "
                         f"{_fmt(at.ratio['high'], 1)}]")
-        line.append("cheapest observed plan: " + (html.escape(at.plan.sentence().replace("**", "")) if at.plan
-                                                   else "none reaches it"))
-        line += [html.escape(a) for a in at.outcomes + at.effects]
-        key.append(f"<li><b>{html.escape(metric)} {at.target:.3f}</b>: " + "; ".join(line) + "</li>")
-    parts.append("<h2>The answer</h2><div class='key'><p>" + html.escape(answer.validation)
-                 + (f" {html.escape(answer.noise)}" if answer.noise else "") + "</p><ul>"
-                 + "".join(key) + "</ul>"
-                 f"<p class='note'>Label ratio = slice labels the strong learner needs / exam labels the weak learner "
-                 f"needs for the same {html.escape(metric)} (power-law fits, 95% bootstrap intervals over seeds). "
-                 f"The reference study reports weak learners trained on all of RSNA needing about "
-                 f"{REFERENCE_RATIO}× fewer labels (the number of slices per exam; paper-protocol.md §9.1).</p></div>")
+        line.append("cheapest observed plan: " + (at.plan.sentence().replace("**", "") if at.plan else "none reaches it"))
+        targets.append({"label": f"{metric} {at.target:.3f}",
+                        "lines": [t.rstrip(".") for t in line + at.outcomes + at.effects]})   # joined with "; "
 
-    # ---------------------------------------------------------------- robustness (study run with --robustness)
-    verdicts = [at for at in answer.targets if at.robustness is not None]
-    if verdicts:
-        parts.append("<h2>Robustness of the answer</h2><p class='note'>The same grid rerun under recipe changes "
-                     "(<code>python -m ich study ... --robustness</code>); cheapest observed plan by the "
-                     f"{html.escape(answer.criterion)} rule.</p>")
-        for at in verdicts:
-            parts.append(f"<div class='key'><p>{html.escape(at.robustness.sentence)}</p></div>")
-            parts.append(_table(pd.DataFrame(at.robustness.rows()), ["variant", "change", "cheapest plan", "cost",
-                                                                     "flips?"]))
-
-    # ---------------------------------------------------------------- curves
-    parts.append("<h2>Learning curves</h2><p class='note'>Mean over seeds with its 95% CI (Student t), every seed "
-                 "as a faint point, and the power-law fit a − b·n<sup>−c</sup> (dashed) with its bootstrap band. "
-                 "Log-scale x.</p>")
+    curves = []
     if len(cells[cells["state"] == "done"]):
         for x, words in (("labels", "labels bought"), ("hours", "annotator hours"), ("cost", "annotation cost")):
-            parts.append(add(learning_curve_figure(aggregate, cells=cells, fits=good, metric=metric, x=x,
-                                                   cost=None if x == "labels" else cost, title=f"{metric} vs {words}")))
+            curves.append(add(learning_curve_figure(aggregate, cells=cells, fits=good, metric=metric, x=x,
+                                                    cost=None if x == "labels" else cost, title=f"{metric} vs {words}")))
         for other in ("sequence_f1", "slice_auc", "pixel_dice"):
             if other != metric and cells[other].notna().any():
-                parts.append(add(learning_curve_figure(aggregate, cells=cells, metric=other, x="labels",
-                                                       title=f"{other} vs labels bought")))
-    else:
-        parts.append("<p class='note'>No finished cell yet.</p>")
-
-    # ---------------------------------------------------------------- ROC, DeLong and one exam
-    if answer.roc:
-        parts.append("<h2>ROC at the largest budget</h2><p class='note'>One run per arm: its largest finished "
-                     "budget, lowest seed; test split.</p>")
-        parts.append(add(roc_figure(answer.roc)))
-    if not answer.delong.empty:
-        k, n = significant_count(answer.delong)
-        parts.append("<h2>Weak vs strong, paired DeLong</h2>" + _table(
-            answer.delong, list(answer.delong.columns), [COLUMN_WORDS.get(c, c) for c in answer.delong.columns])
-            + f"<p class='note'>{k} of {n} comparisons differ at p &lt; 0.05 (two-sided).</p>")
+                curves.append(add(learning_curve_figure(aggregate, cells=cells, metric=other, x="labels",
+                                                        title=f"{other} vs labels bought")))
+    roc = add(roc_figure(answer.roc)) if answer.roc else None
     strips = []
     for arm, run in largest_budget_runs(cells).items():
         try:
@@ -190,62 +159,51 @@ def render_report(answer: StudyAnswer) -> str:
         pos = exams[pd.to_numeric(exams["exam_label"], errors="coerce") == 1]
         if len(pos):
             exam_id = pos.sort_values("exam_id")["exam_id"].iloc[0]
-            strips.append(slice_strip_figure(slices, exam_id, title=f"{arm} @ {Path(run).name}: exam {exam_id}"))
-    if strips:
-        parts.append("<h2>One positive test exam along its slices</h2><p class='note'>Truth, slice probability "
-                     "and attention (scaled by its maximum; strong learners have none).</p>")
-        parts += [add(f) for f in strips]
+            strips.append(add(slice_strip_figure(slices, exam_id, title=f"{arm} @ {Path(run).name}: exam {exam_id}")))
 
-    # ---------------------------------------------------------------- statistics
-    parts.append("<h2>Power-law fits</h2>")
-    rows = [{"arm": arm, **fit.to_dict()} if isinstance(fit, PowerLawFit) else {"arm": arm, "method": f"no fit: {fit}"}
-            for arm, fit in answer.fits.items()]
-    parts.append(_table(pd.DataFrame(rows), ["arm", "a", "b", "c", "rmse", "n_points", "n_min", "n_max", "method",
-                                             "n_replicates"]) if rows else "<p class='note'>(no fit yet)</p>")
-    needed = [{"target": at.target, "arm": arm, "labels": need["n"], "low": need["low"], "high": need["high"],
-               "extrapolated": "yes" if need["extrapolated"] else "no"}
-              for at in answer.targets for arm, need in at.needed.items()]
-    if needed:
-        parts.append("<h3>Labels needed</h3>" + _table(pd.DataFrame(needed), ["target", "arm", "labels", "low", "high",
-                                                                               "extrapolated"]))
-    plans = [{"target": at.target, **p.to_dict()} for at in answer.targets for p in at.fitted]
-    if plans:
-        parts.append("<h3>Plans read off the fits (cheapest first per target)</h3>" + _table(
-            pd.DataFrame(plans), ["target", "arm", "budget", "budget_low", "budget_high", "hours", "cost"],
-            ["target", "arm", "labels", "low", "high", "hours", f"cost ({cost.currency})"]))
-
-    # ---------------------------------------------------------------- tables
-    parts.append("<h2>Mean over seeds per arm and budget</h2>")
+    k, n = significant_count(answer.delong) if not answer.delong.empty else (0, 0)
+    fits = pd.DataFrame([{"arm": arm, **fit.to_dict()} if isinstance(fit, PowerLawFit) else
+                         {"arm": arm, "method": f"no fit: {fit}"} for arm, fit in answer.fits.items()])
+    needed = pd.DataFrame([{"target": at.target, "arm": arm, "labels": need["n"], "low": need["low"],
+                            "high": need["high"], "extrapolated": "yes" if need["extrapolated"] else "no"}
+                           for at in answer.targets for arm, need in at.needed.items()])
+    plans = pd.DataFrame([{"target": at.target, **p.to_dict()} for at in answer.targets for p in at.fitted])
+    means = None
     if len(aggregate):
-        table = plan_table(aggregate, cost)
-        table["auc"] = [_ci(m, lo, hi) for m, lo, hi in zip(table[metric], table[f"{metric}_ci_low"],
-                                                              table[f"{metric}_ci_high"])]
-        parts.append(_table(table, ["arm", "budget", "n_seeds", "auc", "slice_auc", "sequence_f1", "pixel_dice",
-                                    "hours", "cost", "seconds"],
-                            ["arm", "budget", "seeds", f"{metric} [95% CI]", "slice AUC", "sequence F1",
-                             "pixel Dice", "hours", f"cost ({cost.currency})", "seconds/cell"]))
-    else:
-        parts.append("<p class='note'>(nothing yet)</p>")
-    parts.append("<h2>Every cell</h2>")
+        means = plan_table(aggregate, cost)
+        means["auc"] = [_ci(m, lo, hi) for m, lo, hi in zip(means[metric], means[f"{metric}_ci_low"],
+                                                              means[f"{metric}_ci_high"])]
     cells_view = cells.assign(cell=cells["run"].map(lambda r: Path(r).name),
                               auc=[_ci(m, lo, hi) for m, lo, hi in zip(cells["exam_auc"], cells["exam_auc_ci_low"],
                                                                         cells["exam_auc_ci_high"])])
-    parts.append(_table(cells_view, ["cell", "state", "n_labels", "auc", "slice_auc", "sequence_f1", "pixel_dice",
-                                     "seconds"],
-                        ["cell", "state", "labels", "exam AUC [DeLong 95% CI]", "slice AUC", "sequence F1",
-                         "pixel Dice", "seconds"]))
-
-    # ---------------------------------------------------------------- spec
-    parts.append("<h2>Study spec and cost model</h2>")
     record = {"study": read_study(study)[1], "cost_model": cost.to_dict(), "criterion": answer.criterion,
               "progress": read_progress(study)}
-    parts.append(f"<pre>{html.escape(json.dumps(record, indent=2, default=str))}</pre>")
-    parts.append("<p class='note'>Per-cell figures: exam AUC with DeLong 95% CI on the test split; slice AUC of slice "
-                 "probabilities; hemorrhage-sequence F1 (attention rule for weak, probability rule for strong); median "
-                 "Otsu Dice of Grad-CAM maps against lesion masks. Generated by <code>python -m ich report</code>.</p>")
-    body = "\n".join(parts)
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Study "
-            f"{html.escape(spec.name or study.name)}</title><style>{CSS}</style></head><body>{body}</body></html>")
+    return TEMPLATES.get_template("report.html.j2").render(
+        title=spec.name or study.name, dataset=spec.dataset, status=answer.status["sentence"].replace("**", ""),
+        written=time.strftime("%Y-%m-%d %H:%M"), css=Markup(CSS), validation=answer.validation, noise=answer.noise,
+        targets=targets, metric=metric, reference_ratio=REFERENCE_RATIO, criterion=answer.criterion,
+        robustness=[{"sentence": at.robustness.sentence,
+                     "table": _table(pd.DataFrame(at.robustness.rows()),
+                                     ["variant", "change", "cheapest plan", "cost", "flips?"])}
+                    for at in answer.targets if at.robustness is not None],
+        curves=curves, roc=roc, strips=strips,
+        delong=_table(answer.delong.assign(p_value=[_p(v) for v in answer.delong["p_value"]])
+                      if not answer.delong.empty else None, list(answer.delong.columns),
+                      [COLUMN_WORDS.get(c, c) for c in answer.delong.columns]),
+        delong_note=f"{k} of {n} comparisons differ at p < 0.05 (two-sided).",
+        fits=_table(fits, ["arm", "a", "b", "c", "rmse", "n_points", "n_min", "n_max", "method", "n_replicates"]),
+        needed=_table(needed, ["target", "arm", "labels", "low", "high", "extrapolated"]),
+        plans=_table(plans, ["target", "arm", "budget", "budget_low", "budget_high", "hours", "cost"],
+                     ["target", "arm", "labels", "low", "high", "hours", f"cost ({cost.currency})"]),
+        means=_table(means, ["arm", "budget", "n_seeds", "auc", "slice_auc", "sequence_f1", "pixel_dice", "hours",
+                             "cost", "seconds"],
+                     ["arm", "budget", "seeds", f"{metric} [95% CI]", "slice AUC", "sequence F1", "pixel Dice", "hours",
+                      f"cost ({cost.currency})", "seconds/cell"]),
+        cells=_table(cells_view, ["cell", "state", "n_labels", "auc", "slice_auc", "sequence_f1", "pixel_dice",
+                                  "seconds"],
+                     ["cell", "state", "labels", "exam AUC [DeLong 95% CI]", "slice AUC", "sequence F1", "pixel Dice",
+                      "seconds"]),
+        record=json.dumps(record, indent=2, default=str))
 
 
 def write_report(study: str | os.PathLike, out: str | os.PathLike | None = None, **kwargs) -> Path:
