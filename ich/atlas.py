@@ -81,7 +81,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ich.config import did_you_mean, preset_with_overrides
+from ich.config import (check_probabilities, check_subtype_weights, did_you_mean, preset_with_overrides,
+                        reject_unknown_keys)
 from ich.labels import SUBTYPES
 
 ATLAS_VERSION = 1
@@ -143,13 +144,8 @@ class AtlasConfig:
                 raise ValueError(f"{name} must be > 0, not {getattr(self, name)!r}")
         if abs(self.slice_thickness_mm / SUB_MM - round(self.slice_thickness_mm / SUB_MM)) > 1e-6:
             raise ValueError(f"slice_thickness_mm must be a whole number of mm, not {self.slice_thickness_mm!r}")
-        for name in ("p_positive", "oedema_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1], not {getattr(self, name)!r}")
-        w = self.subtype_weights
-        if len(w) != len(SUBTYPES) or min(w) < 0 or sum(w) <= 0:
-            raise ValueError(f"subtype_weights must be {len(SUBTYPES)} non-negative numbers in the order "
-                             f"{list(SUBTYPES)} with a positive sum, not {w!r}")
+        check_probabilities(self, ("p_positive", "oedema_p"))
+        check_subtype_weights(self.subtype_weights, SUBTYPES)
 
     @property
     def pixel_spacing_mm(self) -> float:
@@ -163,11 +159,7 @@ class AtlasConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "AtlasConfig":
         d = {k: v for k, v in d.items() if k != "anatomy"}
-        fields = set(cls.__dataclass_fields__)
-        for key in d:
-            if key not in fields:
-                raise ValueError(f"unknown AtlasConfig field {key!r}{did_you_mean(key, fields)}; "
-                                 f"fields are {sorted(fields)}")
+        reject_unknown_keys(d, cls, what="AtlasConfig")
         return cls(**d)
 
 

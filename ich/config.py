@@ -369,6 +369,20 @@ class RunConfig(JsonConfig):
 
 
 
+def check_probabilities(obj, names) -> None:
+    """Refuse a field of ``obj`` among ``names`` that is not a probability in [0, 1]."""
+    for name in names:
+        if not 0.0 <= getattr(obj, name) <= 1.0:
+            raise ValueError(f"{name} must be a probability in [0, 1], not {getattr(obj, name)!r}")
+
+
+def check_subtype_weights(w, subtypes) -> None:
+    """Refuse subtype weights that are not one non-negative number per subtype with a positive sum."""
+    if len(w) != len(subtypes) or min(w) < 0 or sum(w) <= 0:
+        raise ValueError(f"subtype_weights must be {len(subtypes)} non-negative numbers in the order "
+                         f"{list(subtypes)} with a positive sum, not {w!r}")
+
+
 def reject_unknown_keys(d: Mapping, cls, *, what: str = "config", prefix: str = "") -> None:
     """Raise ``ValueError`` (with a did-you-mean and the valid keys) for a key of ``d`` that ``cls`` lacks.
 

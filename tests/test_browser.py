@@ -114,6 +114,23 @@ def wait_idle(page) -> None:
     page.locator("[data-testid='stStatusWidget']").wait_for(state="detached", timeout=60_000)
 
 
+def launch_study_from_train(page, app_url: str, *, budgets: str, seeds: int) -> None:
+    """On the Train page, as a user: a weak-vs-strong study grid with these budgets and seeds, launched."""
+    page.goto(f"{app_url}/Train")
+    page.get_by_text("study grid (budgets x seeds)").click()
+    wait_idle(page)
+    field = page.get_by_label("Budgets (comma-separated)")
+    field.fill(budgets)
+    field.press("Enter")
+    wait_idle(page)
+    box = page.get_by_role("spinbutton", name="Seeds")
+    box.fill(str(seeds))
+    box.press("Enter")
+    wait_idle(page)
+    page.get_by_role("button", name="Launch").click()
+    page.get_by_text("Follow it on the").wait_for()
+
+
 def test_launch_a_study_and_inspect_it(app_url, page):
     from ich import jobs
 
@@ -129,19 +146,7 @@ def test_launch_a_study_and_inspect_it(app_url, page):
     wait_idle(page)
     shot(page, shots, "data")
 
-    page.goto(f"{app_url}/Train")
-    page.get_by_text("study grid (budgets x seeds)").click()
-    wait_idle(page)
-    budgets = page.get_by_label("Budgets (comma-separated)")
-    budgets.fill("4,8")
-    budgets.press("Enter")
-    wait_idle(page)
-    seeds = page.get_by_role("spinbutton", name="Seeds")
-    seeds.fill("1")
-    seeds.press("Enter")
-    wait_idle(page)
-    page.get_by_role("button", name="Launch").click()
-    page.get_by_text("Follow it on the").wait_for()
+    launch_study_from_train(page, app_url, budgets="4,8", seeds=1)
     shot(page, shots, "train")
 
     page.goto(f"{app_url}/Runs")
@@ -254,19 +259,7 @@ def test_cancel_reaches_every_place_and_the_log_and_time_left_update(app_url, pa
 
     app_url, root = app_url
     shots = root.parent / "screenshots"
-    page.goto(f"{app_url}/Train")
-    page.get_by_text("study grid (budgets x seeds)").click()
-    wait_idle(page)
-    budgets = page.get_by_label("Budgets (comma-separated)")
-    budgets.fill("4,6,8")
-    budgets.press("Enter")
-    wait_idle(page)
-    seeds = page.get_by_role("spinbutton", name="Seeds")
-    seeds.fill("8")
-    seeds.press("Enter")
-    wait_idle(page)
-    page.get_by_role("button", name="Launch").click()
-    page.get_by_text("Follow it on the").wait_for()
+    launch_study_from_train(page, app_url, budgets="4,6,8", seeds=8)
     job = jobs.list_jobs(root / "jobs.sqlite")[0]
 
     page.goto(f"{app_url}/Runs")

@@ -30,7 +30,7 @@ def test_config_json_round_trip():
 
 
 def test_config_unknown_key_did_you_mean():
-    with pytest.raises(ValueError, match="unknown PhantomConfig field 'noise_hus'.*did you mean 'noise_hu'"):
+    with pytest.raises(ValueError, match="unknown PhantomConfig key 'noise_hus'.*did you mean 'noise_hu'"):
         PhantomConfig.from_dict({"noise_hus": [1.0, 2.0]})
 
 

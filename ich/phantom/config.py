@@ -6,7 +6,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from ich.config import did_you_mean, preset_with_overrides
+from ich.config import check_probabilities, check_subtype_weights, preset_with_overrides, reject_unknown_keys
 from ich.labels import SUBTYPES
 
 log = logging.getLogger(__name__)
@@ -78,13 +78,8 @@ class PhantomConfig:
                              f"not {self.head_scale!r} and {self.lesion_size_mm!r}")
         if self.noise_hu[0] < 0 or self.max_rotation_deg < 0 or self.max_shift_mm < 0:
             raise ValueError("noise_hu, max_rotation_deg and max_shift_mm must not be negative")
-        for name in ("p_positive", "calcification_p", "oedema_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1], not {getattr(self, name)!r}")
-        w = self.subtype_weights
-        if len(w) != len(SUBTYPES) or min(w) < 0 or sum(w) <= 0:
-            raise ValueError(f"subtype_weights must be {len(SUBTYPES)} non-negative numbers in the order "
-                             f"{list(SUBTYPES)} with a positive sum, not {w!r}")
+        check_probabilities(self, ("p_positive", "calcification_p", "oedema_p"))
+        check_subtype_weights(self.subtype_weights, SUBTYPES)
 
     def _pair(self, name: str) -> tuple:
         value = getattr(self, name)
@@ -104,11 +99,7 @@ class PhantomConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "PhantomConfig":
         """Build a config from a dict such as ``to_dict()`` gives; unknown keys are rejected."""
-        fields = set(cls.__dataclass_fields__)
-        for key in d:
-            if key not in fields:
-                raise ValueError(f"unknown PhantomConfig field {key!r}{did_you_mean(key, fields)}; "
-                                 f"fields are {sorted(fields)}")
+        reject_unknown_keys(d, cls, what="PhantomConfig")
         return cls(**d)
 
 
