@@ -24,7 +24,10 @@ import pandas as pd
 import torch
 
 from ich import runs
-from ich.data import bag_loader
+from ich.data import bag_loader, window_slices
+from ich.device import resolve_device
+from ich.preprocess import resize
+from ich.store import open_dataset
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -87,9 +90,6 @@ def _embed_exams(model, dataset, exams: pd.DataFrame, cfg, device: torch.device)
 
 def embed_volume(model, hu: np.ndarray, cfg, device: torch.device) -> np.ndarray:
     """Slice embeddings (S, D) of one HU volume (S, H, W), prepared as ``predict.predict_volume`` does."""
-    from ich.data import window_slices
-    from ich.preprocess import resize
-
     size = cfg.data.input_size or hu.shape[-1]
     x = window_slices(torch.from_numpy(resize(np.asarray(hu, np.float32), size)), cfg.data.windows)  # (S, C, h, w)
     with torch.no_grad():
@@ -110,9 +110,6 @@ def fit_reference(run: str | os.PathLike, *, device: str = "cpu", seed: int = 0,
         ValueError: the run's dataset has no training or no validation exams.
     """
     from sklearn.covariance import LedoitWolf
-
-    from ich.device import resolve_device
-    from ich.store import open_dataset
 
     cfg = runs.read_config(run)
     dataset = open_dataset(cfg.data.dataset)
@@ -164,9 +161,6 @@ def score_dataset(run: str | os.PathLike, dataset_path: str | os.PathLike, *, ex
     Returns:
         One row per exam: ``exam_id, ood_score, threshold, ood, reason``.
     """
-    from ich.device import resolve_device
-    from ich.store import open_dataset
-
     ref = load_reference(run, device=device)
     cfg = runs.read_config(run)
     dataset = open_dataset(dataset_path)
@@ -183,8 +177,6 @@ def score_dataset(run: str | os.PathLike, dataset_path: str | os.PathLike, *, ex
 
 def score_hu(run: str | os.PathLike, hu: np.ndarray, *, device: str = "cpu") -> dict:
     """The OOD verdict of one HU volume (S, H, W): ``ood_score, threshold, ood, reason, slice_distance``."""
-    from ich.device import resolve_device
-
     ref = load_reference(run, device=device)
     dev = resolve_device(device)
     return ref.assess(embed_volume(runs.load_model(run, dev), hu, runs.read_config(run), dev))

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ich import runs
+from ich import ood, runs
 from ich.config import check_choice
 from ich.data import bag_loader, window_slices
 from ich.device import autocast, resolve_device, resolve_precision
@@ -184,8 +184,6 @@ def score_series(run: str | os.PathLike, volume, *, device: str = "auto") -> dic
         ``exam_score`` (float), ``slices`` (index, slice_score, attention), ``ood`` (bool), ``ood_score``,
         ``ood_threshold``, ``ood_reason`` (``ich.ood``; the threshold is fixed on validation exams).
     """
-    from ich import ood
-
     score, slices = predict_volume(run, volume.hu, device=device)
     verdict = ood.score_hu(run, volume.hu, device="cpu" if device == "auto" else device)
     slices = slices.assign(ood_distance=verdict["slice_distance"].astype(np.float32))

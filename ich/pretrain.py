@@ -77,6 +77,7 @@ from ich.config import ENCODER_NAMES, WINDOW_NAMES, JsonConfig, check_number, ch
 from ich.labels import WINDOWS
 from ich.models import build_encoder, save_encoder, state_checksum
 from ich.preprocess import resize
+from ich.store import Dataset, open_dataset
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -514,8 +515,6 @@ def pretrain(dataset, out: str | os.PathLike, cfg: PretrainConfig | None = None,
         FileExistsError: ``out`` or its state exists and neither ``resume`` nor ``overwrite`` is set.
         ValueError: the state was written by another config, or the dataset has no slices to use.
     """
-    from ich.store import Dataset, open_dataset
-
     cfg = cfg or PretrainConfig()
     if not isinstance(cfg, PretrainConfig):
         raise ValueError(f"cfg must be a PretrainConfig, not {type(cfg).__name__}")

@@ -51,6 +51,7 @@ import torch
 
 from ich import atomic
 from ich.config import RunConfig
+from ich.models import build_model, state_checksum
 
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
@@ -397,8 +398,6 @@ def load_model(run: str | os.PathLike, device: str | torch.device = "cpu"):
     Fast-path runs store only the head; their frozen encoder is read from the ``init`` file,
     whose weights must still match the checksum recorded at training time.
     """
-    from ich.models import build_model, state_checksum
-
     ckpt = load_checkpoint(run)
     cfg = RunConfig.from_dict(ckpt["config"])
     ref = ckpt.get("encoder_ref")

@@ -63,9 +63,11 @@ from ich.data import (BagDataset, EmbeddingBagDataset, EmbeddingSliceDataset, He
                       VolumeCache, collate_bags, collate_slices, epoch_order, exam_slice_labels, hold_out_validation,
                       make_augment, select_labels)
 from ich.device import autocast, resolve_device, resolve_precision
-from ich.models import MILModel, build_model, check_encoder_matches, state_checksum
+from ich.embed import default_cache_dir, embed_dataset
+from ich.models import MILModel, build_model, check_encoder_matches, read_encoder_meta, state_checksum
 from ich.objective import make_loss, make_optimizer, make_scheduler
 from ich.predict import score_bags, summarize
+from ich.store import open_dataset
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -171,8 +173,6 @@ class _Trainer:
 
     # -------------------------------------------------------------- setup
     def setup(self) -> None:
-        from ich.store import open_dataset
-
         cfg, t = self.cfg, self.cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -284,13 +284,9 @@ class _Trainer:
         return e, out
 
     def _setup_embeddings(self) -> None:
-        from ich.embed import default_cache_dir, embed_dataset
-
         cfg = self.cfg
         meta = {"windows": list(cfg.data.windows), "input_size": self.input_size}
         if cfg.model.init_kind == "encoder":
-            from ich.models import read_encoder_meta
-
             fmeta = read_encoder_meta(cfg.model.init_path)
             check_encoder_matches(fmeta, cfg.model, cfg.in_channels, cfg.data.windows, self.input_size)
         cache_dir = default_cache_dir(cfg.model.init_path)
