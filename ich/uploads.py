@@ -233,13 +233,10 @@ def import_in_process(staged: str | os.PathLike, name: str, root: str | os.PathL
             than ``timeout_s`` (its temporary folder is removed).
     """
     root = Path(root)
-    cmd = [sys.executable, "-m", "ich", "upload", str(staged), "--name", name, "--root", str(root),
+    cmd = ["upload", str(staged), "--name", name, "--root", str(root),
            "--size", str(size), "--max-memory-mb", str(memory_mb)] + (["--keep-raw"] if keep_raw else [])
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL,
-                              env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"))
-    except subprocess.TimeoutExpired:
-        proc = None
+        proc = _run_child(cmd, timeout_s)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     if proc is None or proc.returncode != 0:
@@ -249,13 +246,43 @@ def import_in_process(staged: str | os.PathLike, name: str, root: str | os.PathL
         raise ValueError(f"the import took longer than {timeout_s:.0f} s and was stopped; upload one series "
                          "(a head CT has a few hundred slices at most)")
     if proc.returncode != 0:
-        lines = (proc.stderr or "").strip().splitlines()
-        reason = next((ln[len("error: "):] for ln in reversed(lines) if ln.startswith("error: ")), None)
-        if reason is None and ("MemoryError" in proc.stderr or proc.returncode in (-9, 137)):
-            reason = (f"the import needed more than {memory_mb} MB of memory and was stopped; the files claim "
-                      "larger images than a CT series has")
-        raise ValueError(reason or f"the import failed (exit {proc.returncode}): {lines[-1] if lines else ''}")
+        if not any(ln.startswith("error: ") for ln in (proc.stderr or "").splitlines()) and \
+                ("MemoryError" in (proc.stderr or "") or proc.returncode in (-9, 137)):
+            raise ValueError(f"the import needed more than {memory_mb} MB of memory and was stopped; the files "
+                             "claim larger images than a CT series has")
+        raise ValueError(_reason(proc).replace("it failed", "the import failed", 1))
     return root / name / "dataset"
+
+
+def _run_child(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess | None:
+    """``python -m ich <argv>`` in a child process with one CPU thread; None when it ran past ``timeout_s``."""
+    try:
+        return subprocess.run([sys.executable, "-m", "ich", *argv], capture_output=True, text=True, timeout=timeout_s,
+                              stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"))
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def _reason(proc: subprocess.CompletedProcess) -> str:
+    """The one-line reason a child gave (its last ``error: ...`` line), or its last line."""
+    lines = (proc.stderr or "").strip().splitlines()
+    reason = next((ln[len("error: "):] for ln in reversed(lines) if ln.startswith("error: ")), None)
+    return reason or f"it failed (exit {proc.returncode}): {lines[-1] if lines else ''}"
+
+
+def score_in_process(run: str | os.PathLike, dataset: str | os.PathLike, name: str, *,
+                     timeout_s: float = IMPORT_TIMEOUT_S) -> None:
+    """Score an uploaded dataset with a run in a child process (``python -m ich predict``), so the app's server
+    never runs a model: it writes ``predictions-<name>.parquet`` into the run folder.
+
+    Raises:
+        ValueError: the child failed or took longer than ``timeout_s`` (the reason in one line).
+    """
+    proc = _run_child(["predict", str(run), "--dataset", str(dataset), "--name", name, "--device", "cpu"], timeout_s)
+    if proc is None:
+        raise ValueError(f"scoring the upload took longer than {timeout_s:.0f} s and was stopped")
+    if proc.returncode != 0:
+        raise ValueError(f"scoring the upload failed: {_reason(proc)}")
 
 
 def read_upload(folder: str | os.PathLike) -> dict:

@@ -13,7 +13,8 @@ from ich.predict import load_predictions
 from ich.results import run_label
 from ich.store import open_dataset
 from ich.study import all_runs
-from ich.uploads import import_in_process, list_uploads, remove_upload, stage_upload, upload_name
+from ich.uploads import (import_in_process, list_uploads, remove_upload, score_in_process, stage_upload,
+                         upload_name)
 from ich.views import heat_legend_image, render_slice, subtype_legend_html, triptych_png, window_values
 
 st.set_page_config(page_title="Inspect · ICH lab", layout="wide")
@@ -83,7 +84,9 @@ pred_name = None if source == OWN else f"upload-{uploads[source]['name']}"
 
 @st.cache_data(show_spinner="Scoring exams…")
 def predictions(run_path: str, dataset_path: str | None, name: str | None):
-    exams, slices, _ = load_predictions(run_path, dataset_path, name=name)
+    if name is not None and not runs.predictions_path(run_path, name).is_file():
+        score_in_process(run_path, dataset_path, name)        # an upload: scored in a child process, not here
+    exams, slices, _ = load_predictions(run_path, dataset_path, name=name, score_missing=False)
     return exams, slices
 
 

@@ -195,3 +195,19 @@ def test_a_decode_bomb_costs_the_import_process_not_the_caller(tmp_path):
         uploads.import_in_process(uploads.stage_upload(loose(folder), root), "bomb", root, size=32, memory_mb=1024)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000     # KB: the caller did not decode
     assert list(root.iterdir()) == []
+
+
+def test_an_upload_is_scored_in_a_child_process_and_its_failure_is_one_line(tmp_path, tiny_phantom_run, tiny_dataset):
+    """The server never runs a model: ``score_in_process`` runs `python -m ich predict` and reports its reason."""
+    import shutil
+
+    from ich import runs
+    from ich.uploads import score_in_process
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_phantom_run, run)
+    score_in_process(run, tiny_dataset, "upload-x")
+    exams, _ = runs.read_predictions(run, "upload-x")
+    assert len(exams)
+    with pytest.raises(ValueError, match=r"scoring the upload failed: .*no such|scoring the upload failed: .*not"):
+        score_in_process(tmp_path / "nowhere", tiny_dataset, "upload-y")
