@@ -210,8 +210,13 @@ def test_own_series_uploads_ood_and_strip_click(app_url, page, tiny_phantom_run,
             page.get_by_text("Score your own series").click()
         button.wait_for(state="visible")
         page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(files)
+        page.get_by_text(Path(files).name).first.wait_for()         # uploaded to the server, as a user sees it
         button.click()
-        page.get_by_text(expect).first.wait_for(timeout=120_000)    # only this upload shows it
+        try:
+            page.get_by_text(expect).first.wait_for(timeout=120_000)    # only this upload shows it
+        except Exception:
+            shot(page, shots, "upload-failed")                           # what the page showed instead
+            raise
         wait_idle(page)
 
     t0 = time.time()
