@@ -37,6 +37,7 @@ def job_table():
         },
     )
 
+
 job_table()
 
 
