@@ -82,11 +82,13 @@ cols[4].metric("Exams with masks", summary["exams_with_masks"])
 st.caption("Split sizes (exams): " + ", ".join(f"{k} {v['exams']}" for k, v in summary["splits"].items()))
 
 st.subheader("Quick study")
-st.write("Weak vs strong supervision at five label budgets with three seeds each. The first point of both "
-         "curves arrives within about a minute; the full study takes a few minutes on a laptop CPU.")
+quick = make_study("quick", dataset=chosen)
+st.write(f"Weak vs strong supervision at {len(quick.budgets)} label budgets ({', '.join(map(str, quick.budgets))}) "
+         f"with {len(quick.seeds)} seeds each. The first point of both curves arrives within about a minute; the "
+         "full study takes a few minutes on a laptop CPU.")
 if st.button("Run the quick study", type="primary"):
     out = paths.studies_dir() / f"quick-{time.strftime('%Y%m%d-%H%M%S')}"
-    argv = recipe.study_argv(make_study("quick", dataset=chosen), out)   # the same recipe as every other launch
+    argv = recipe.study_argv(quick, out)   # the same recipe as every other launch
     job = jobs.submit(paths.jobs_db(), argv, kind="study", out_dir=out, title=f"quick study on {names[chosen]}",
                       after=firstrun.study_after(chosen))
     st.session_state["results_study"] = str(out)

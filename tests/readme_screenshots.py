@@ -50,7 +50,15 @@ def main(argv: list[str] | None = None) -> int:
                 page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
                 print("wrote", SHOTS / f"{name}.png")
 
-            shot("", "home", "Positive exams")
+            page.goto(url)
+            page.get_by_text("Positive exams").first.wait_for()
+            wait_idle(page)
+            if (paths.datasets_dir() / "phantom").is_dir():         # the default phantom, not the first by name
+                page.locator("[data-testid='stSelectbox']").first.click()
+                page.get_by_role("option", name="phantom", exact=True).click()
+                wait_idle(page)
+            page.screenshot(path=str(SHOTS / "home.png"), full_page=True)
+            print("wrote", SHOTS / "home.png")
             shot("Data", "data", "Slice viewer")
             shot("Train", "train", "Launch")
             shot("Runs", "runs", "Training, studies, phantom generation")
