@@ -195,7 +195,8 @@ def epoch_figure(metrics: pd.DataFrame, *, title: str | None = None):
                                          line=dict(color=color, dash=dash), name=f"{words} {name}".strip()))
     fig.update_layout(title=title, template="plotly_white", height=320, xaxis_title="epoch",
                       yaxis=dict(title="training loss", rangemode="tozero"),
-                      yaxis2=dict(title="validation AUC", overlaying="y", side="right", range=[0, 1.02]),
+                      yaxis2=dict(title="validation AUC", overlaying="y", side="right", range=[0, 1.02],
+                                  tickvals=[0, 0.25, 0.5, 0.75, 1.0], showgrid=False),
                       legend=dict(orientation="h", y=-0.25), margin=dict(l=60, r=60, t=40 if title else 10, b=60))
     return fig
 
