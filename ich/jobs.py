@@ -499,26 +499,33 @@ def progress_of(out_dir: str | os.PathLike, started: float | None = None) -> dic
             p = {}
         done, total = p.get("done", 0), p.get("total") or 0
         ended = f" · {p['state']}" if p.get("state") in ("cancelled", "failed") else ""
-        eta = None
-        if p.get("state") == "running" and p.get("cells_from") and total:   # cells' own pace, after set-up
-            new = done - p.get("cells_done_before", 0)
-            eta = eta_seconds(now - p["cells_from"], new / (total - p.get("cells_done_before", 0)))
         return {"progress": done / total if total else None, "detail": f"{done}/{total} cells{ended}",
-                "val_exam_auc": None, "eta_s": eta}
+                "val_exam_auc": None, "eta_s": study_eta(p, now)}
     return {"progress": None, "detail": "", "val_exam_auc": None, "eta_s": None}
 
 
-def overview(db: str | os.PathLike) -> list[dict]:
-    """Every job (newest first) with its live progress, for the Runs page and `ich jobs list`."""
-    rows = []
-    for j in list_jobs(db):
-        live = progress_of(j.out_dir, j.started) if j.state == "running" or j.state in FINAL_STATES else {}
-        progress = 1.0 if j.state == "done" else live.get("progress")
-        rows.append({
-            "id": j.id, "state": j.state, "kind": j.kind, "title": j.title,
+def study_eta(progress: dict, now: float | None = None) -> float | None:
+    """A running study's seconds left at its cells' own pace since they began (set-up excluded), from its
+    progress.json (``cells_from``, ``cells_done_before``, ``done``, ``total``); None before that is known."""
+    total, before = progress.get("total") or 0, progress.get("cells_done_before", 0)
+    if progress.get("state") != "running" or not progress.get("cells_from") or total <= before:
+        return None
+    elapsed = (now or time.time()) - progress["cells_from"]
+    return eta_seconds(elapsed, (progress.get("done", 0) - before) / (total - before))
+
+
+def overview_row(job: Job) -> dict:
+    """One job as the Runs page and `ich jobs list` show it, with its live progress and time left."""
+    live = progress_of(job.out_dir, job.started) if job.state == "running" or job.state in FINAL_STATES else {}
+    progress = 1.0 if job.state == "done" else live.get("progress")
+    eta = live.get("eta_s") if job.state == "running" else None
+    return {"id": job.id, "state": job.state, "kind": job.kind, "title": job.title,
             "progress": float(progress) if progress is not None else 0.0, "detail": live.get("detail", ""),
-            "val_exam_auc": live.get("val_exam_auc"), "eta_s": live.get("eta_s") if j.state == "running" else None,
-            "time_left": describe_eta(live.get("eta_s")) if j.state == "running" else "", "error": j.error, "out_dir": j.out_dir,
-            "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created)),
-        })
-    return rows
+            "val_exam_auc": live.get("val_exam_auc"), "eta_s": eta, "time_left": describe_eta(eta),
+            "error": job.error, "out_dir": job.out_dir,
+            "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created))}
+
+
+def overview(db: str | os.PathLike) -> list[dict]:
+    """Every job (newest first) with its live progress (``overview_row``)."""
+    return [overview_row(j) for j in list_jobs(db)]

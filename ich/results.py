@@ -75,8 +75,9 @@ class StudyAnswer:
 def reference_arms(arm_table) -> tuple[str | None, str | None]:
     """The weak and the strong arm the label ratio compares: clean labels, bought at random (not a noise or
     acquisition variant of them)."""
-    plain = {sup: arm for arm, sup, _, nz, acq in reversed(list(arm_table)) if not nz and acq in ("random", "", None)}
-    return plain.get("weak"), plain.get("strong")
+    plain = [(arm, sup) for arm, sup, _, noise_spec, strategy in arm_table
+             if not noise_spec and strategy in ("random", "", None)]
+    return (next((a for a, s in plain if s == "weak"), None), next((a for a, s in plain if s == "strong"), None))
 
 
 def study_answer(study: str | os.PathLike, *, cost: CostModel | None = None, targets: Sequence[float] | None = None,
@@ -316,7 +317,7 @@ def study_status(study: str | os.PathLike, job: jobs.Job | None = None) -> dict:
     elif job is not None and job.state == "queued" and not p:
         state = "queued"
     of = f"{done} of {total} cells" if total else "no cell"
-    eta = jobs.describe_eta(jobs.progress_of(study)["eta_s"]) if state == "running" else ""
+    eta = jobs.describe_eta(jobs.study_eta(p)) if state == "running" else ""
     sentence = {
         None: "Starting: nothing written yet.",
         "queued": "Queued: it starts when the job it waits for (encoder or an earlier job) has finished.",

@@ -250,7 +250,7 @@ def import_in_process(staged: str | os.PathLike, name: str, root: str | os.PathL
                 ("MemoryError" in (proc.stderr or "") or proc.returncode in (-9, 137)):
             raise ValueError(f"the import needed more than {memory_mb} MB of memory and was stopped; the files "
                              "claim larger images than a CT series has")
-        raise ValueError(_reason(proc).replace("it failed", "the import failed", 1))
+        raise ValueError(_reason(proc, "the import"))
     return root / name / "dataset"
 
 
@@ -263,11 +263,11 @@ def _run_child(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess
         return None
 
 
-def _reason(proc: subprocess.CompletedProcess) -> str:
-    """The one-line reason a child gave (its last ``error: ...`` line), or its last line."""
+def _reason(proc: subprocess.CompletedProcess, what: str) -> str:
+    """The one-line reason a child gave (its last ``error: ...`` line), else "<what> failed (exit N): <last line>"."""
     lines = (proc.stderr or "").strip().splitlines()
     reason = next((ln[len("error: "):] for ln in reversed(lines) if ln.startswith("error: ")), None)
-    return reason or f"it failed (exit {proc.returncode}): {lines[-1] if lines else ''}"
+    return reason or f"{what} failed (exit {proc.returncode}): {lines[-1] if lines else ''}"
 
 
 def score_in_process(run: str | os.PathLike, dataset: str | os.PathLike, name: str, *,
@@ -282,7 +282,7 @@ def score_in_process(run: str | os.PathLike, dataset: str | os.PathLike, name: s
     if proc is None:
         raise ValueError(f"scoring the upload took longer than {timeout_s:.0f} s and was stopped")
     if proc.returncode != 0:
-        raise ValueError(f"scoring the upload failed: {_reason(proc)}")
+        raise ValueError(f"scoring the upload failed: {_reason(proc, 'it')}")
 
 
 def read_upload(folder: str | os.PathLike) -> dict:

@@ -100,9 +100,7 @@ st.markdown(f"Writes to `{job['out_dir']}`")
 @st.fragment(run_every=2)
 def live_job(job_id: int) -> None:
     """The job's latest state, time left, epoch curves (a single run) and log; refreshed every 2 seconds."""
-    job = next((r for r in jobs.overview(paths.jobs_db()) if r["id"] == job_id), None)
-    if job is None:
-        return
+    job = jobs.overview_row(jobs.get(paths.jobs_db(), job_id))
     left = f" · {job['time_left']} left" if job["time_left"] else ""
     st.markdown(f"**{job['state'].capitalize()}**{left}" + (f" · {job['detail']}" if job["detail"] else ""))
     if runs.is_run(job["out_dir"]):

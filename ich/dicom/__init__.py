@@ -32,8 +32,7 @@ No patient-identifying value leaves this module: PatientID becomes a keyed pseud
 from __future__ import annotations
 
 from ich.dicom.common import (DECODER_PREFERENCE, DICOM_SUFFIXES, INSTALL_HINT, NATIVE_FAST, ON_ERROR,
-                              POSITION_TOL_MM, check_on_error, corrupt_error, decode_limits, DecodeLimits,
-                              DecoderMissingError, DicomError, key_hash, lenient_reading)
+                              check_on_error, decode_limits, DecodeLimits, DecoderMissingError, DicomError, key_hash)
 from ich.dicom.decode import (choose_decoder, choose_decoders, decode_file, decode_series, decode_task,
                               DecodedSeries, hu_from_pixels)
 from ich.dicom.scan import (first_value, group_series, HeaderScan, list_dicom_files, plan_series, read_slice_header,
@@ -42,8 +41,8 @@ from ich.dicom.series import read_series, Volume
 from ich.dicom.write import make_uid, write_series
 
 __all__ = ["DECODER_PREFERENCE", "DICOM_SUFFIXES", "DecodeLimits", "DecodedSeries", "DecoderMissingError",
-           "DicomError", "HeaderScan", "INSTALL_HINT", "NATIVE_FAST", "ON_ERROR", "POSITION_TOL_MM", "SeriesPlan",
-           "SliceHeader", "Volume", "check_on_error", "choose_decoder", "choose_decoders", "corrupt_error",
-           "decode_file", "decode_limits", "decode_series", "decode_task", "first_value", "group_series",
-           "hu_from_pixels", "key_hash", "lenient_reading", "list_dicom_files", "make_uid", "plan_series",
-           "read_series", "read_slice_header", "scan_headers", "syntax_name", "write_series"]
+           "DicomError", "HeaderScan", "INSTALL_HINT", "NATIVE_FAST", "ON_ERROR", "SeriesPlan", "SliceHeader",
+           "Volume", "check_on_error", "choose_decoder", "choose_decoders", "decode_file", "decode_limits",
+           "decode_series", "decode_task", "first_value", "group_series", "hu_from_pixels", "key_hash",
+           "list_dicom_files", "make_uid", "plan_series", "read_series", "read_slice_header", "scan_headers",
+           "syntax_name", "write_series"]

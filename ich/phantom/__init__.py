@@ -55,13 +55,12 @@ README and ``python -m ich bench --only study``.
 
 from __future__ import annotations
 
-from ich.phantom.config import (MASK_THRESHOLD, PARAMS_VERSION, PHANTOM_PRESETS, SUB_Z, SUBTYPE_CODES, PhantomConfig,
+from ich.phantom.config import (MASK_THRESHOLD, PARAMS_VERSION, PHANTOM_PRESETS, SUBTYPE_CODES, PhantomConfig,
                                 phantom_config)
 from ich.phantom.dataset import make_phantoms, write_phantom_dataset
-from ich.phantom.params import (Lesion, PhantomParams, exam_id_for, exam_seed, head_outline, level_scale, obliquity,
-                                sample_phantom_params)
+from ich.phantom.params import Lesion, PhantomParams, exam_id_for, exam_seed, sample_phantom_params
 from ich.phantom.render import render_phantom
 
 __all__ = ["Lesion", "MASK_THRESHOLD", "PARAMS_VERSION", "PHANTOM_PRESETS", "PhantomConfig", "PhantomParams",
-           "SUBTYPE_CODES", "SUB_Z", "exam_id_for", "exam_seed", "head_outline", "level_scale", "make_phantoms",
-           "obliquity", "phantom_config", "render_phantom", "sample_phantom_params", "write_phantom_dataset"]
+           "SUBTYPE_CODES", "exam_id_for", "exam_seed", "make_phantoms", "phantom_config", "render_phantom",
+           "sample_phantom_params", "write_phantom_dataset"]

@@ -36,8 +36,8 @@ cells start.
 from __future__ import annotations
 
 from ich.study.folder import (EVENTS_FILE, FORMAT, LOCK_FILE, PROGRESS_FILE, RUNS_DIR, SPEC_FILE, SUMMARY_FILE,
-                              StudyLock, all_runs, append_event, cell_dir, cell_state, check_same_spec, is_study,
-                              lock_spec, mark_cancelled, read_events, read_progress, read_study, write_progress)
+                              StudyLock, all_runs, cell_dir, cell_state, is_study, mark_cancelled, read_events,
+                              read_progress, read_study, write_progress)
 from ich.study.run import prepare_embeddings, run_cell, run_study
 from ich.study.spec import (AUTO_PRETRAIN, EXECUTORS, REPEATS, STUDY_PRESETS, Cell, StudyConfig, cell_config,
                             check_budgets, default_encoder_path, make_study, plan_cells, reference_repeats,
@@ -46,8 +46,7 @@ from ich.study.summary import CELL_COLUMNS, STAT_COLUMNS, cell_row, summarise_st
 
 __all__ = ["AUTO_PRETRAIN", "CELL_COLUMNS", "Cell", "EVENTS_FILE", "EXECUTORS", "FORMAT", "LOCK_FILE",
            "PROGRESS_FILE", "REPEATS", "RUNS_DIR", "SPEC_FILE", "STAT_COLUMNS", "STUDY_PRESETS", "SUMMARY_FILE",
-           "StudyConfig", "StudyLock", "all_runs", "append_event", "cell_config", "cell_dir", "cell_row",
-           "cell_state", "check_budgets", "check_same_spec", "default_encoder_path", "is_study", "lock_spec",
-           "make_study", "mark_cancelled", "plan_cells", "prepare_embeddings", "read_events", "read_progress",
-           "read_study", "reference_repeats", "resolve_study", "run_cell", "run_study", "summarise_study",
-           "write_progress", "write_summary"]
+           "StudyConfig", "StudyLock", "all_runs", "cell_config", "cell_dir", "cell_row", "cell_state",
+           "check_budgets", "default_encoder_path", "is_study", "make_study", "mark_cancelled", "plan_cells",
+           "prepare_embeddings", "read_events", "read_progress", "read_study", "reference_repeats", "resolve_study",
+           "run_cell", "run_study", "summarise_study", "write_progress", "write_summary"]

@@ -56,9 +56,8 @@ def cell_row(study: str | os.PathLike, cell: Cell) -> dict:
     from ich.record import Evaluation      # here, like runs: both import torch, which `import ich.study` avoids
 
     m = Evaluation.read(d)
-    seq = m.sequence_f1.get("probability" if cell.supervision == "strong" else "attention", nan)
     row.update(exam_auc=m.exam_auc, exam_auc_ci_low=m.exam_auc_ci_low, exam_auc_ci_high=m.exam_auc_ci_high,
-               slice_auc=m.slice_auc, sequence_f1=seq, pixel_dice=m.pixel_dice,
+               slice_auc=m.slice_auc, sequence_f1=m.own_sequence_f1, pixel_dice=m.pixel_dice,
                seconds=_num(summary.get("seconds", nan)) + (m.seconds if m.seconds == m.seconds else 0.0))
     return row
 
