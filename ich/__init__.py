@@ -32,6 +32,7 @@ _EXPORTS = {
     "LocalExecutor": "ich.executors",
     "RayExecutor": "ich.executors",
     "InlineExecutor": "ich.executors",
+    "ThreadExecutor": "ich.executors",
     "fit_power_law": "ich.curves",
     "PowerLawFit": "ich.curves",
     "fit_study_curves": "ich.curves",

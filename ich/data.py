@@ -519,4 +519,5 @@ def bag_loader(dataset, exams: pd.DataFrame, cfg: RunConfig, *, volumes: VolumeC
     volumes = volumes or VolumeCache(dataset, cfg.data.input_size)
     ds = BagDataset(volumes, exams, windows=cfg.data.windows,
                     slice_labels=exam_slice_labels(dataset.slices, exams["exam_id"]))
-    return torch.utils.data.DataLoader(ds, batch_size=batch_exams, shuffle=False, collate_fn=collate_bags)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_exams, shuffle=False, collate_fn=collate_bags,
+                                       generator=torch.Generator())    # never draws from torch's global RNG

@@ -1,9 +1,9 @@
-"""Executors for study cells: a persistent local process pool (CPU threads split, one worker per GPU) or Ray tasks.
+"""Executors for study cells: threads of this process (CPU fast path), a process pool (GPUs, image path) or Ray.
 
-Both (and ``InlineExecutor``, which runs tasks in the calling process for debugging and
-tests) expose the same small interface, used by ``study.run_study``::
+All (and ``InlineExecutor``, which runs tasks one by one in the calling process for debugging
+and tests) expose the same small interface, used by ``study.run_study``::
 
-    ex = make_executor("local", workers=2, n_tasks=30)
+    ex = make_executor("local", workers=2, n_tasks=30, share_process=True)
     ex.start()                                     # optional: spawn workers early (they import torch)
     for task, result, error in ex.map(fn, tasks, on_start=cb):
         ...                                        # in completion order; error is a one-line string or None
@@ -12,10 +12,21 @@ tests) expose the same small interface, used by ``study.run_study``::
 At most ``workers`` tasks are in flight, submitted in the given order, so a study's cell
 order (every budget's first seed first) is also the order in which cells start.
 
-``LocalExecutor`` keeps ``workers`` spawned processes alive for the whole study (the ~3-5 s
-torch import is paid once per worker, not per cell). On CPU each worker gets
-``cores // workers`` torch threads, so workers x threads never exceeds the cores; with CUDA
-GPUs there is one worker per GPU, pinned with ``CUDA_VISIBLE_DEVICES`` before torch starts.
+``"local"`` means this machine, in one of two ways:
+
+- ``ThreadExecutor`` (CPU, when the cells may share a process: the fast path, whose only random
+  draws are the run's own generator and its locked initial weights, see ``train``): ``workers``
+  threads of this process with ``cores // workers`` torch threads each. One copy of torch (about
+  700 MiB resident for this CUDA build, even on CPU) and of the memory-mapped data serves every cell:
+  the quick study's process tree peaks near 1 GB instead of 2.5 GB with two worker processes, at the
+  same speed (torch releases the GIL inside its operators; measured 2026-12-02, BENCHMARKS.md).
+  A cell that crashes the interpreter takes the study with it; the study resumes where it stopped.
+- ``LocalExecutor`` (GPUs, and image-path cells, whose torchio augmentation draws from torch's
+  global RNG): ``workers`` spawned processes kept alive for the whole study (the ~3-5 s torch
+  import is paid once per worker, not per cell). On CPU each gets ``cores // workers`` torch
+  threads; with CUDA GPUs there is one worker per GPU, pinned with ``CUDA_VISIBLE_DEVICES``
+  before torch starts.
+
 ``RayExecutor`` submits each task as a Ray task with its CPU/GPU request to a running cluster
 (``address``) or to a local Ray instance; the task writes to the same (shared) folder.
 """
@@ -25,6 +36,8 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import queue
+import threading
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -206,6 +219,61 @@ class LocalExecutor:
             self._pool = None
 
 
+# ------------------------------------------------------------------------------ threads
+class ThreadExecutor:
+    """Tasks in ``workers`` threads of this process, ``cores // workers`` torch threads each (module docstring).
+
+    The threads are daemons: when the study stops (``jobs cancel`` sends SIGTERM, the main thread
+    raises), the process ends at once, as a killed worker process would; unfinished cells resume
+    on the next run.
+    """
+
+    def __init__(self, workers: int | None = None, *, n_tasks: int = 1, cores: int | None = None):
+        self.workers, self.threads, _ = plan_workers(workers, n_tasks, cores=cores, gpus=[])
+
+    def __repr__(self) -> str:
+        return f"ThreadExecutor(workers={self.workers}, threads={self.threads})"
+
+    def start(self) -> None:
+        pass
+
+    def map(self, fn: Callable[[dict], Any], tasks: Sequence[dict],
+            on_start: Callable[[dict], None] | None = None) -> Iterator[Result]:
+        """Run ``fn(task)`` for every task, ``workers`` at a time in order; yield (task, result, error)."""
+        import torch
+
+        old = torch.get_num_threads()
+        torch.set_num_threads(self.threads)     # new threads take it at their first parallel operator
+        finished: queue.Queue = queue.Queue()
+
+        def work(task: dict) -> None:
+            finished.put((task, *_call(fn, task)))
+
+        pending, inflight = list(tasks)[::-1], 0
+        try:
+            while pending or inflight:
+                while pending and inflight < self.workers:
+                    task = pending.pop()
+                    threading.Thread(target=work, args=(task,), name=f"ich-cell-{task.get('name', '')}",
+                                     daemon=True).start()
+                    inflight += 1
+                    if on_start is not None:
+                        on_start(task)
+                while True:
+                    try:
+                        result = finished.get(timeout=0.5)    # a short wait keeps SIGTERM prompt
+                        break
+                    except queue.Empty:
+                        continue
+                inflight -= 1
+                yield result
+        finally:
+            torch.set_num_threads(old)
+
+    def shutdown(self) -> None:
+        pass
+
+
 # ------------------------------------------------------------------------------ inline
 class InlineExecutor:
     """Runs tasks one by one in the calling process (debugging, tests): no pool, no spawn cost.
@@ -340,14 +408,21 @@ class RayExecutor:
 EXECUTORS = ("local", "ray", "inline")
 
 
-def make_executor(kind: str = "local", *, workers: int | None = None, n_tasks: int = 1, ray_address: str | None = None,
-                  cpus_per_task: float | None = None, gpus_per_task: float | None = None):
-    """A ``LocalExecutor``, ``RayExecutor`` or ``InlineExecutor`` (``kind``: local | ray | inline)."""
+def make_executor(kind: str = "local", *, workers: int | None = None, n_tasks: int = 1, share_process: bool = False,
+                  ray_address: str | None = None, cpus_per_task: float | None = None,
+                  gpus_per_task: float | None = None):
+    """The executor for ``kind`` (local | ray | inline).
+
+    ``local`` is a ``ThreadExecutor`` when ``share_process`` (the tasks may run side by side in one
+    process: the fast path) and no GPU is visible, else a ``LocalExecutor`` (worker processes).
+    """
     check_choice("executor", kind, EXECUTORS)
     if kind != "ray" and (ray_address or cpus_per_task or gpus_per_task):
         raise ValueError("--ray-address, --cpus-per-cell and --gpus-per-cell need --executor ray")
     if kind == "inline":
         return InlineExecutor()
     if kind == "local":
+        if share_process and not visible_gpus():
+            return ThreadExecutor(workers, n_tasks=n_tasks)
         return LocalExecutor(workers, n_tasks=n_tasks)
     return RayExecutor(ray_address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, workers=workers)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -165,6 +166,32 @@ def _masked_scores(scores: Tensor, mask: Tensor) -> Tensor:
     return (scores - row_max).masked_fill(~mask, -1e4)                                      # (B, S)
 
 
+class Dropout(nn.Module):
+    """``nn.Dropout`` that draws its masks from ``generator`` when one is set (``MILModel.use_generator``).
+
+    Same draws as ``nn.Dropout`` on CPU (``empty_like(x).bernoulli_(1 - p)``, scaled by 1 / (1 - p)) when the
+    generator is in the state torch's global one would be in; with it, runs that train side by side in
+    threads of one process (``executors.ThreadExecutor``) never share a random stream. Without a
+    generator it is ``F.dropout`` on the global RNG. No parameters: state dicts are unchanged.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = float(p)
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.generator is None or x.device.type != self.generator.device.type:
+            return F.dropout(x, self.p, training=True)
+        keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=self.generator).div_(1.0 - self.p)
+        return x * keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class AttentionPool(nn.Module):
     """Ilse-style attention: s_i = w . tanh(dropout(V h_i)) (gated: times sigmoid(U h_i)); a = act(s).
 
@@ -179,7 +206,7 @@ class AttentionPool(nn.Module):
         self.V = nn.Linear(embed_dim, attention_dim)
         self.U = nn.Linear(embed_dim, attention_dim) if gated else None
         self.w = nn.Linear(attention_dim, 1)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         a = torch.tanh(self.dropout(self.V(h)))                   # (B, S, A)
@@ -269,8 +296,14 @@ class MILModel(nn.Module):
         self.norm = Standardize(embed_dim)   # identity unless fitted (the fast path fits it)
         self.pooling = pooling
         self.head = nn.Linear(embed_dim, 1)
-        self.embedding_dropout = nn.Dropout(embedding_dropout)
+        self.embedding_dropout = Dropout(embedding_dropout)
         self.channels_last = False   # set by the trainer where it is faster (CPU bf16)
+
+    def use_generator(self, generator: torch.Generator | None) -> None:
+        """Draw every dropout mask of this model from ``generator`` (None: torch's global RNG)."""
+        for m in self.modules():
+            if isinstance(m, Dropout):
+                m.generator = generator
 
     def embed(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Slice embeddings (B, S, D) of a bag batch (B, S, C, H, W); padded slices are not encoded (0)."""
@@ -318,12 +351,22 @@ class MILModel(nn.Module):
             return self.head(self.embedding_dropout(self.norm(e.float()))).squeeze(-1)
 
 
-def build_model(cfg: RunConfig | ModelConfig, *, in_channels: int | None = None, load_init: bool = True,
-                encoder_config: dict | None = None) -> MILModel:
+#: Held while a model draws its initial weights from torch's global RNG (``build_model``), so that models built
+#: in threads side by side (``executors.ThreadExecutor``) each get the draws their seed gives.
+INIT_LOCK = threading.Lock()
+
+
+def build_model(cfg: RunConfig | ModelConfig, *, seed: int | None = None, in_channels: int | None = None,
+                load_init: bool = True, encoder_config: dict | None = None) -> MILModel:
     """Build the ``MILModel`` a config describes, with the encoder initialised and frozen per ``init``/``finetune``.
+
+    The random initial weights come from torch's global RNG, seeded with ``seed`` when given, under
+    ``INIT_LOCK``; nothing else in a training or evaluation process draws from that RNG outside it
+    (data loaders get their own generators), so a seeded model is the same in any thread.
 
     Args:
         cfg: a RunConfig (channels from its windows) or a ModelConfig (pass ``in_channels``).
+        seed: seeds torch's global RNG just before the weights are drawn (None: as it stands).
         in_channels: C, when ``cfg`` is a ModelConfig (default 1).
         load_init: read the ``init`` file (encoder or ImageNet weights); False builds random weights
             (use when a checkpoint will overwrite them anyway).
@@ -333,6 +376,14 @@ def build_model(cfg: RunConfig | ModelConfig, *, in_channels: int | None = None,
     Raises:
         FileNotFoundError / ValueError: the init file is missing, or does not match the config.
     """
+    with INIT_LOCK:
+        if seed is not None:
+            torch.manual_seed(seed)
+        return _build_model(cfg, in_channels=in_channels, load_init=load_init, encoder_config=encoder_config)
+
+
+def _build_model(cfg: RunConfig | ModelConfig, *, in_channels: int | None, load_init: bool,
+                 encoder_config: dict | None) -> MILModel:
     if isinstance(cfg, RunConfig):
         mc, in_channels = cfg.model, cfg.in_channels
     elif isinstance(cfg, ModelConfig):

@@ -39,9 +39,14 @@ on (S, D) bags, standardised with the mean and std of every training-split slice
 (``models.Standardize``; pixels only, so no label outside the budget is used). Same run-folder
 contract; the checkpoint stores the head (with those statistics) and a reference to the encoder file.
 
-Determinism: global RNGs are seeded here, once per run and again at every epoch from
-(seed, epoch); data order and bags come from ``(seed, epoch, item)``. A run resumed from its
-checkpoint therefore ends exactly like an uninterrupted one on CPU.
+Determinism: the initial weights come from torch's global RNG seeded with the run's seed, under
+``models.INIT_LOCK`` (so runs training side by side in threads of one process,
+``executors.ThreadExecutor``, never interleave there; no data loader draws from that RNG: each has
+its own generator); dropout masks come from the run's own generator, seeded at every epoch from
+(seed, epoch); data order and bags come from ``(seed, epoch, item)``. The image path's torchio augmentation draws from the global RNG, also
+seeded at every epoch, so image-path runs must each have a process of their own (the executors
+arrange it). A run resumed from its checkpoint therefore ends exactly like an uninterrupted one on
+CPU, and a cell gives the same numbers in a thread, a worker process or inline.
 """
 
 from __future__ import annotations
@@ -178,10 +183,11 @@ class _Trainer:
             torch.set_num_threads(t.threads)
         self.device = resolve_device(t.device)
         self.precision = resolve_precision(t.precision, self.device)
-        torch.manual_seed(cfg.seed)
         self.dataset = ds = open_dataset(cfg.data.dataset)
         self.input_size = int(cfg.data.input_size or ds.size)
-        self.model: MILModel = build_model(cfg).to(self.device)
+        self.model: MILModel = build_model(cfg, seed=cfg.seed).to(self.device)
+        self.generator = torch.Generator(self.device)     # this run's dropout masks (seeded every epoch)
+        self.model.use_generator(self.generator)
         self.fast = cfg.model.finetune == "none"
         self.encoder_ref = None
         if self.fast:
@@ -349,6 +355,7 @@ class _Trainer:
                 eval_ds = BagDataset(volumes, e, windows=cfg.data.windows, slice_labels=truth)
                 bs = 1
             self.eval_sets[split] = torch.utils.data.DataLoader(eval_ds, batch_size=bs, shuffle=False,
+                                                                generator=torch.Generator(),   # not the global RNG
                                                                 collate_fn=collate_bags)
         if self.held.mode == "none":
             self.criterion = "last_epoch"
@@ -401,7 +408,9 @@ class _Trainer:
                 continue                                      # this learning rate stopped early
             self.epoch = g
             e0 = time.perf_counter()
-            torch.manual_seed(cfg.seed * 1_000_003 + epoch)   # same draws for every learning rate
+            self.generator.manual_seed(cfg.seed * 1_000_003 + epoch)   # same draws for every learning rate
+            if not self.fast:
+                torch.manual_seed(cfg.seed * 1_000_003 + epoch)   # torchio's augmentation (own process)
             train_loss = self.train_epoch(epoch)
             self.sched.step()
             row = {"epoch": g, "lr_factor": self.factors[k], "lr_epoch": epoch, "train_loss": train_loss,
@@ -492,7 +501,7 @@ class _Trainer:
         if self.score_exams is not None:          # an acquisition round: the pool, scored with its labels hidden
             pool = pd.DataFrame({"exam_id": list(self.score_exams), "label": np.nan})
             loader = torch.utils.data.DataLoader(EmbeddingBagDataset(self.embeddings, self.rows, pool), batch_size=64,
-                                                 shuffle=False, collate_fn=collate_bags)
+                                                 shuffle=False, collate_fn=collate_bags, generator=torch.Generator())
             pred = score_bags(self.model, loader, supervision=t.supervision, device=self.device,
                               precision=self.precision, split="train")
             runs.write_predictions(self.run_dir, pred, name="pool")

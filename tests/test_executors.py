@@ -1,4 +1,4 @@
-"""Executors: worker planning (threads x workers <= cores, one worker per GPU), the local pool, make_executor."""
+"""Executors: worker planning (threads x workers <= cores, one worker per GPU), the thread and process pools, make_executor."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from ich.executors import InlineExecutor, LocalExecutor, make_executor, plan_workers
+from ich import executors
+from ich.executors import InlineExecutor, LocalExecutor, ThreadExecutor, make_executor, plan_workers
 
 
 def test_cpu_workers_never_oversubscribe():
@@ -55,6 +56,39 @@ def test_local_pool_runs_in_order_and_reports_errors():
     assert results[3][0] is None and "RuntimeError: three is bad" in results[3][1]
     assert {r["threads"] for r, e in results.values() if r} == {"1"}  # 2 workers x 1 thread on 2 cores
     assert len({r["pid"] for r, e in results.values() if r} - {os.getpid()}) >= 1
+
+
+def test_thread_pool_runs_in_order_side_by_side_and_reports_errors():
+    import threading
+
+    both_running = threading.Barrier(2, timeout=30)     # breaks (and fails the task) unless two run at once
+    seen_threads = []
+
+    def task(t: dict) -> dict:
+        import torch
+
+        if t["x"] < 2:
+            both_running.wait()
+        seen_threads.append(torch.get_num_threads())
+        return _task(t)
+
+    ex = ThreadExecutor(2, n_tasks=5, cores=2)
+    started = []
+    out = list(ex.map(task, [{"x": i} for i in range(5)], on_start=lambda t: started.append(t["x"])))
+    assert started == [0, 1, 2, 3, 4]
+    results = {t["x"]: (r, e) for t, r, e in out}
+    assert results[0][1] is None and results[1][1] is None, "the first two tasks did not run side by side"
+    assert results[2][0]["y"] == 4 and results[3][0] is None and "RuntimeError: three is bad" in results[3][1]
+    assert {r["pid"] for r, e in results.values() if r} == {os.getpid()}
+    assert set(seen_threads) == {1}                      # 2 threads x 1 torch thread on 2 cores
+
+
+def test_local_means_threads_for_cells_that_may_share_a_process_on_cpu(monkeypatch):
+    monkeypatch.setattr(executors, "visible_gpus", lambda: [])
+    assert isinstance(make_executor("local", workers=2, n_tasks=4, share_process=True), ThreadExecutor)
+    assert isinstance(make_executor("local", workers=2, n_tasks=4, share_process=False), LocalExecutor)
+    monkeypatch.setattr(executors, "visible_gpus", lambda: ["0"])      # one worker process per GPU
+    assert isinstance(make_executor("local", n_tasks=4, share_process=True), LocalExecutor)
 
 
 def test_inline_executor():

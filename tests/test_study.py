@@ -252,6 +252,23 @@ def test_resume_after_kill_loses_no_cell_and_reruns_none(killed_then_resumed):
 
 
 @pytest.mark.slow
+def test_cells_give_the_same_numbers_in_threads_after_a_kill_as_inline(killed_then_resumed, tiny_dataset,
+                                                                         encoder_file, tmp_path):
+    """The resumed study ran its fast-path cells two at a time in threads of one process (the CPU default);
+    dropout and initial weights must not leak between them, so every epoch matches a one-by-one run."""
+    out = killed_then_resumed[0]
+    assert {e.get("pid") for e in read_events(out) if e["event"] == "done" and e.get("t", 0) > 0} - {None}
+    run_study(tiny_spec(tiny_dataset, encoder_file), tmp_path / "inline", executor="inline")
+
+    def epochs(run: Path) -> list[dict]:
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    for run in sorted((out / "runs").iterdir()):
+        assert epochs(run) == epochs(tmp_path / "inline" / "runs" / run.name), run.name
+
+
+@pytest.mark.slow
 def test_summary_has_cells_and_means(killed_then_resumed):
     out, _, cells, aggregate, _ = killed_then_resumed
     csv = pd.read_csv(out / "summary.csv")

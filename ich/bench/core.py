@@ -78,9 +78,11 @@ class BenchContext:
     cache: dict = field(default_factory=dict)
 
     def say(self, message: str) -> None:
-        log.info("bench %s: %s", self.current, message)
+        """One progress line: to ``on_progress`` when given (the CLI prints it), else to the log (never both)."""
         if self.on_progress is not None:
             self.on_progress({"bench": self.current, "message": message})
+        else:
+            log.info("bench %s: %s", self.current, message)
 
     def scratch(self, name: str) -> Path:
         """A fresh folder under the work folder (removed first if present)."""

@@ -141,8 +141,9 @@ def bench_study(ctx: BenchContext) -> dict:
                                 note="evaluate_run of a cell, incl. Grad-CAM pixel Dice (spread = over cells)"),
             "cell_overhead": figure([e["overhead_seconds"] for e in done], "s",
                                     note="cell seconds - train seconds - evaluation seconds (spread = over cells)"),
-            "peak_rss": figure([rss.peak / 2 ** 20], "MiB", note="this process and its workers, RSS summed (shared "
-                               "pages counted in every process), sampled every 0.25 s"),
+            "peak_rss": figure([rss.peak / 2 ** 20], "MiB", note="this process (on CPU the cells run in its threads) "
+                               "and any worker processes, RSS summed (shared pages counted in every process), "
+                               "sampled every 0.25 s"),
             "peak_pss": figure([rss.peak_pss / 2 ** 20], "MiB", note="the same tree's proportional set size: "
                                "shared pages (torch's libraries, the memory-mapped dataset) counted once")}
     for arm, t in first.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -13,7 +14,7 @@ from typing import Callable
 from ich.config import check_choice
 from ich.study.folder import (LOCK_FILE, PROGRESS_FILE, RUNS_DIR, StudyLock, append_event, cell_dir, cell_state,
                               check_same_spec, is_study, lock_spec, read_progress, read_study, write_progress)
-from ich.study.spec import (EXECUTORS, StudyConfig, cell_config, check_budgets, default_encoder_path, plan_cells,
+from ich.study.spec import (EXECUTORS, StudyConfig, cell_config, check_budgets, plan_cells,
                             resolve_study)
 from ich.study.summary import write_summary
 
@@ -142,10 +143,12 @@ def run_study(spec: StudyConfig, out: str | os.PathLike, *, executor: str = "loc
     except ValueError:                                     # not the main thread
         old_term = None
     try:
+        pool_for = functools.partial(executors.make_executor, executor, workers=workers,
+                                     n_tasks=len(plan_cells(spec)), ray_address=ray_address,
+                                     cpus_per_task=cpus_per_cell, gpus_per_task=gpus_per_cell)
+        pool_for(share_process=False)      # bad executor options fail here, before any pretraining
         with StudyLock(out):
-            return _run_locked(spec, out, t0, executors.make_executor(
-                executor, workers=workers, n_tasks=len(plan_cells(spec)), ray_address=ray_address,
-                cpus_per_task=cpus_per_cell, gpus_per_task=gpus_per_cell), on_progress)
+            return _run_locked(spec, out, t0, pool_for, on_progress)
     except Exception:
         if created and not is_study(out):   # failed before the spec was written: leave nothing behind
             shutil.rmtree(out, ignore_errors=True)
@@ -155,7 +158,8 @@ def run_study(spec: StudyConfig, out: str | os.PathLike, *, executor: str = "loc
             signal.signal(signal.SIGTERM, old_term)
 
 
-def _run_locked(spec: StudyConfig, out: Path, t0: float, pool, on_progress):
+def _run_locked(spec: StudyConfig, out: Path, t0: float, pool_for: Callable, on_progress):
+    """The study under its lock; ``pool_for(share_process=...)`` makes the executor once the recipe is known."""
     def elapsed() -> float:
         return round(time.perf_counter() - t0, 3)
 
@@ -165,10 +169,8 @@ def _run_locked(spec: StudyConfig, out: Path, t0: float, pool, on_progress):
     cells = plan_cells(spec)
     progress(state="preparing", done=0, total=len(cells), failed=0, running=0,
              started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    pool = None
     try:
-        if spec.init == "auto" and not default_encoder_path(spec.dataset).is_file():
-            pool.start()     # workers start (and import torch) while the encoder is pretrained
-
         def on_pretrain(e: dict) -> None:
             step, steps = e.get("step", 0), e.get("steps")
             if step in (1, steps) or step % 10 == 0:
@@ -176,8 +178,9 @@ def _run_locked(spec: StudyConfig, out: Path, t0: float, pool, on_progress):
 
         spec, encoder = resolve_study(spec, on_progress=on_pretrain)
         check_budgets(spec)
-        for c in cells[:len(spec.arms)]:       # every arm's run config is valid before anything is written
-            cell_config(spec, c)
+        arm_configs = [cell_config(spec, c) for c in cells[:len(spec.arms)]]   # valid before anything is written
+        # fast-path cells (frozen encoder) may share one process: threads on CPU (see ich.executors)
+        pool = pool_for(share_process=all(cfg.model.finetune == "none" for cfg in arm_configs))
         lock_spec(out, spec, encoder)
         states = {c.name: cell_state(out, c) for c in cells}
         todo = [c for c in cells if states[c.name] != "done"]
@@ -224,7 +227,8 @@ def _run_locked(spec: StudyConfig, out: Path, t0: float, pool, on_progress):
         write_progress(out, state="cancelled", running=0, elapsed_s=elapsed())
         raise
     finally:
-        pool.shutdown()
+        if pool is not None:
+            pool.shutdown()
     progress(state="failed" if failed else "done", running=0)
     return write_summary(out)
 
