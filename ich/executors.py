@@ -223,13 +223,15 @@ class LocalExecutor:
 class ThreadExecutor:
     """Tasks in ``workers`` threads of this process, ``cores // workers`` torch threads each (module docstring).
 
-    The threads are daemons: when the study stops (``jobs cancel`` sends SIGTERM, the main thread
-    raises), the process ends at once, as a killed worker process would; unfinished cells resume
-    on the next run.
+    When the study stops (``jobs cancel`` sends SIGTERM, the main thread raises), it asks its running
+    cells to stop (``runs.request_cancel``: a run checks at every epoch's end) and ``shutdown`` waits
+    for them, so the process ends cleanly within about a second; unfinished cells resume on the next
+    run. The threads are daemons, so a cell that does not stop in time cannot keep the process alive.
     """
 
     def __init__(self, workers: int | None = None, *, n_tasks: int = 1, cores: int | None = None):
         self.workers, self.threads, _ = plan_workers(workers, n_tasks, cores=cores, gpus=[])
+        self._threads: list[threading.Thread] = []
 
     def __repr__(self) -> str:
         return f"ThreadExecutor(workers={self.workers}, threads={self.threads})"
@@ -254,8 +256,10 @@ class ThreadExecutor:
             while pending or inflight:
                 while pending and inflight < self.workers:
                     task = pending.pop()
-                    threading.Thread(target=work, args=(task,), name=f"ich-cell-{task.get('name', '')}",
-                                     daemon=True).start()
+                    thread = threading.Thread(target=work, args=(task,), name=f"ich-cell-{task.get('name', '')}",
+                                              daemon=True)
+                    thread.start()
+                    self._threads = [t for t in self._threads if t.is_alive()] + [thread]
                     inflight += 1
                     if on_start is not None:
                         on_start(task)
@@ -270,8 +274,15 @@ class ThreadExecutor:
         finally:
             torch.set_num_threads(old)
 
-    def shutdown(self) -> None:
-        pass
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Wait (at most ``timeout`` seconds in all) for cells still running, e.g. after a cancel."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads = [t for t in self._threads if t.is_alive()]
+        if self._threads:
+            log.warning("%d cell(s) still running after %.0f s; the process ends without them", len(self._threads),
+                        timeout)
 
 
 # ------------------------------------------------------------------------------ inline

@@ -269,6 +269,30 @@ def test_cells_give_the_same_numbers_in_threads_after_a_kill_as_inline(killed_th
 
 
 @pytest.mark.slow
+def test_sigterm_stops_cells_running_in_threads_cleanly(tiny_dataset, encoder_file, tmp_path):
+    """`jobs cancel` sends SIGTERM: the cells running in the study's threads stop at their epoch's end, the
+    process exits within seconds and without a C++ abort, and the study is marked cancelled."""
+    out = tmp_path / "s"
+    cmd = [sys.executable, "-m", "ich", "study", "--preset", "tiny", "--dataset", str(tiny_dataset), "--init",
+           str(encoder_file), "--out", str(out), "--workers", "2", "--set", "train.epochs=400", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and read_progress(out).get("running", 0) < 2:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    time.sleep(0.5)                                  # both cells are inside their epochs
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - t0 < 15
+    assert "terminate called" not in err.decode() and proc.returncode in (130, 143), err.decode()[-2000:]
+    assert read_progress(out)["state"] == "cancelled"
+    states = [runs.read_status(r).get("state") for r in (out / "runs").iterdir()]
+    assert states.count("cancelled") == 2, states
+
+
+@pytest.mark.slow
 def test_summary_has_cells_and_means(killed_then_resumed):
     out, _, cells, aggregate, _ = killed_then_resumed
     csv = pd.read_csv(out / "summary.csv")

@@ -170,6 +170,7 @@ def _run_locked(spec: StudyConfig, out: Path, t0: float, pool_for: Callable, on_
     progress(state="preparing", done=0, total=len(cells), failed=0, running=0,
              started=time.strftime("%Y-%m-%dT%H:%M:%S"))
     pool = None
+    running: dict[str, str] = {}                       # cells in flight: name -> run folder
     try:
         def on_pretrain(e: dict) -> None:
             step, steps = e.get("step", 0), e.get("steps")
@@ -200,15 +201,13 @@ def _run_locked(spec: StudyConfig, out: Path, t0: float, pool_for: Callable, on_
             state="embedding", detail=f"embedding slices: {e['done']}/{e['total']}"))
         progress(embed_s=round(time.perf_counter() - t_embed, 2), detail="",
                  cells_from=time.time(), cells_done_before=done)    # the cells' own pace gives the time left
-        running: set[str] = set()
-
         def on_start(task):
-            running.add(task["name"])
+            running[task["name"]] = task["run_dir"]
             append_event(out, {"cell": task["name"], "event": "start", "t": elapsed()})
             progress(state="running", running=len(running))
 
         for task, result, error in pool.map(run_cell, tasks, on_start=on_start):
-            running.discard(task["name"])
+            running.pop(task["name"], None)
             extra = {}
             if error is None:
                 done += 1
@@ -225,6 +224,10 @@ def _run_locked(spec: StudyConfig, out: Path, t0: float, pool_for: Callable, on_
             progress(state="running", done=done, failed=len(failed), running=len(running), last=task["name"], **extra)
     except KeyboardInterrupt:
         write_progress(out, state="cancelled", running=0, elapsed_s=elapsed())
+        from ich import runs
+
+        for run_dir in running.values():       # cells in threads of this process stop at their epoch's end
+            runs.request_cancel(run_dir)
         raise
     finally:
         if pool is not None:
