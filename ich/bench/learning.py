@@ -113,9 +113,16 @@ def bench_study(ctx: BenchContext) -> dict:
         shutil.rmtree(out)
     ctx.say(f"running the {'tiny' if ctx.quick else 'quick'} study ({executor} executor)")
     t0 = time.perf_counter()
+    said = [""]
+
+    def on_progress(p: dict) -> None:                     # one line per change, not one per progress write
+        line = f"{p.get('state')} {p.get('done')}/{p.get('total')}"
+        if line != said[0]:
+            said[0] = line
+            ctx.say(line)
+
     with PeakRSS() as rss:
-        run_study(spec, out, executor=executor,
-                  on_progress=lambda p: ctx.say(f"{p.get('state')} {p.get('done')}/{p.get('total')}"))
+        run_study(spec, out, executor=executor, on_progress=on_progress)
     wall = time.perf_counter() - t0
     events = read_events(out)
     progress = read_progress(out)
