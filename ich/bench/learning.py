@@ -106,7 +106,11 @@ def bench_study(ctx: BenchContext) -> dict:
                            overrides=(("train.epochs", 2),), name="bench-quick")
         executor = "inline"
     else:
-        spec = make_study("quick", dataset=str(dataset))
+        from ich.study.spec import default_encoder_path
+
+        built = default_encoder_path(ctx.dataset) if ctx.dataset else None   # the one `make run` pretrained
+        spec = make_study("quick", dataset=str(dataset),
+                          init=str(built) if built is not None and built.is_file() else "auto")
         executor = "local"
     out = ctx.workdir / "study"
     if out.exists():
@@ -133,9 +137,11 @@ def bench_study(ctx: BenchContext) -> dict:
         arm = e["cell"].split("-m")[0]
         first[arm] = min(first.get(arm, math.inf), float(e["t"]))
     encoder = progress.get("encoder") or {}
-    figs = {"wall": figure([wall], "s", note=f"{len(done)} cells done, {len(failed)} failed; includes encoder "
-                                             f"pretraining ({encoder.get('seconds', 0)} s, "
-                                             f"pretrained now: {encoder.get('pretrained_now')}) and embedding"),
+    figs = {"wall": figure([wall], "s", note=f"{len(done)} cells done, {len(failed)} failed; includes embedding "
+                                             + (f"and encoder pretraining ({encoder.get('seconds', 0)} s)"
+                                                if encoder.get("pretrained_now") else
+                                                f"(the encoder {spec.init} was built already: see the pretrain and "
+                                                "first_run benchmarks for that step)")),
             "first_point_all_curves": figure([max(first.values())] if first else [], "s",
                                              note="time until every arm has its first finished cell"),
             "cell": figure([e["seconds"] for e in done], "s", note="one fast-path cell: train + evaluate "
