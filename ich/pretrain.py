@@ -104,8 +104,6 @@ class PretrainConfig(JsonConfig):
     input_size: int | None = 128              # slices resized to this (as DataConfig.input_size); None = cached size
     splits: tuple[str, ...] = ("train",)      # whose slices are used (pixels only)
     epochs: int = 30                          # passes over the slice pool
-    low_res_epochs: int = 0                   # the first N epochs see slices at half input_size (crops, jitter
-                                              # and patches halved too): a quarter of the pixels per step
     batch_size: int = 128                     # slices per step
     lr: float = 2e-3                          # peak AdamW learning rate (linear warm-up, cosine decay)
     weight_decay: float = 1e-4
@@ -153,7 +151,6 @@ class PretrainConfig(JsonConfig):
         check_number("pretrain.embed_dim", self.embed_dim, lo=2, hi=4096, integer=True)
         check_number("pretrain.input_size", self.input_size, lo=16, hi=1024, integer=True, allow_none=True)
         check_number("pretrain.epochs", self.epochs, lo=1, integer=True)
-        check_number("pretrain.low_res_epochs", self.low_res_epochs, lo=0, hi=self.epochs, integer=True)
         check_number("pretrain.batch_size", self.batch_size, lo=4, integer=True)
         check_number("pretrain.lr", self.lr, lo=0.0, lo_open=True)
         check_number("pretrain.weight_decay", self.weight_decay, lo=0.0)
@@ -178,9 +175,6 @@ class PretrainConfig(JsonConfig):
         if (not isinstance(ca, tuple) or len(ca) != 2 or not all(isinstance(v, (int, float)) for v in ca)
                 or not 0.05 <= ca[0] <= ca[1] <= 1.0):
             raise ValueError(f"pretrain.crop_area must be (low, high) with 0.05 <= low <= high <= 1, not {ca!r}")
-        if self.low_res_epochs and self.method == "local" and self.local_size < 32:
-            raise ValueError(f"pretrain.low_res_epochs needs local_size >= 32 (halved to at least 16 px), "
-                             f"not {self.local_size}")
         if self.input_size is not None and self.method == "local" and self.local_size > self.input_size:
             raise ValueError(f"pretrain.local_size ({self.local_size} px) must not exceed input_size "
                              f"({self.input_size} px)")
@@ -482,16 +476,6 @@ def _step_loss(encoder: nn.Module, head: nn.Module, hu: Tensor, cfg: PretrainCon
     return nt_xent(z[: len(x1)], z[len(x1):], cfg.temperature)
 
 
-def _half_resolution(pool: Tensor, cfg: PretrainConfig) -> tuple[Tensor, PretrainConfig]:
-    """The slice pool (N, h, w) at half size (area average) and the settings whose pixel sizes halve with it."""
-    half = F.interpolate(pool.unsqueeze(1).float(), scale_factor=0.5, mode="area")      # (N, 1, h/2, w/2)
-    half = half.squeeze(1).round().to(torch.int16)                                         # (N, h/2, w/2)
-    small = dataclasses.replace(cfg, input_size=half.shape[-1], low_res_epochs=0, local_size=cfg.local_size // 2,
-                                local_jitter=cfg.local_jitter // 2,
-                                patch_size=(cfg.patch_size[0] / 2, cfg.patch_size[1] / 2))
-    return half, small
-
-
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     ss = np.random.SeedSequence([seed, epoch, 31337])
     return torch.Generator().manual_seed(int(ss.generate_state(1, dtype=np.uint64)[0] >> 1))
@@ -587,9 +571,7 @@ def _run(ds, out: Path, spath: Path, cfg: PretrainConfig, precision: str,
         state = torch.load(spath, map_location="cpu", weights_only=True)
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"{spath} is not an ich pretraining state file; delete it or pass --overwrite")
-        defaults = PretrainConfig().to_dict()                             # keys newer than the state file
-        diff = [k for k, v in cfg.to_dict().items()
-                if k != "threads" and state["config"].get(k, defaults[k]) != v]
+        diff = [k for k, v in cfg.to_dict().items() if k != "threads" and state["config"].get(k) != v]
         if diff:
             raise ValueError(f"{spath} was written with other settings ({', '.join(diff)} differ); resume with "
                              "the same options, or pass --overwrite to start again")
@@ -601,22 +583,19 @@ def _run(ds, out: Path, spath: Path, cfg: PretrainConfig, precision: str,
     elif resume:
         log.info("no state file %s; starting pretraining from scratch", spath)
 
-    low_pool, low_cfg = _half_resolution(pool, cfg) if start_epoch < cfg.low_res_epochs else (None, None)
     encoder.train()
     head.train()
     for epoch in range(start_epoch, cfg.epochs):
         g = _epoch_generator(cfg.seed, epoch)
-        low = epoch < cfg.low_res_epochs
-        epoch_pool, epoch_cfg = (low_pool, low_cfg) if low else (pool, cfg)
         order = torch.randperm(n, generator=g)
         total_loss = 0.0
         for i in range(steps_per_epoch):
             step = epoch * steps_per_epoch + i
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total, warmup, cfg.lr)
-            hu = epoch_pool[order[i * batch:(i + 1) * batch]]                # (B, h, w) int16
+            hu = pool[order[i * batch:(i + 1) * batch]]                      # (B, h, w) int16
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = _step_loss(encoder, head, hu, epoch_cfg, g, channels_last)
+                loss = _step_loss(encoder, head, hu, cfg, g, channels_last)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -628,8 +607,6 @@ def _run(ds, out: Path, spath: Path, cfg: PretrainConfig, precision: str,
             if on_progress is not None:
                 on_progress({"phase": "pretrain", "epoch": epoch + 1, "epochs": cfg.epochs, "step": step + 1,
                              "steps": total, "loss": value})
-        if low and epoch + 1 == cfg.low_res_epochs:
-            low_pool = None                                                # full size from here on
         history.append(total_loss / steps_per_epoch)
         log.info("pretrain epoch %d/%d loss %.4f", epoch + 1, cfg.epochs, history[-1])
         _atomic_save({"format": STATE_FORMAT, "config": cfg.to_dict(), "epoch": epoch + 1, "history": history,

@@ -159,28 +159,6 @@ def test_deterministic_resume_and_refusals(tiny_dataset, tmp_path):
         pretrain(tiny_dataset, tmp_path, cfg)
 
 
-def test_low_res_epochs_resume_across_the_switch(tiny_dataset, tmp_path):
-    """Half-size epochs first, then full size: the encoder is for the full size, and a resume at the switch
-    gives the uninterrupted run's weights."""
-    cfg = PretrainConfig(**{**TINY, "input_size": 64, "local_size": 32, "epochs": 2, "low_res_epochs": 1})
-    full = pretrain(tiny_dataset, tmp_path / "a.pt", cfg)
-    assert read_encoder_meta(tmp_path / "a.pt")["input_size"] == 64 and np.isfinite(full["loss"]).all()
-    assert full["checksum"] != pretrain(tiny_dataset, tmp_path / "b.pt",
-                                        dataclasses.replace(cfg, low_res_epochs=0))["checksum"]
-
-    def stop_in_epoch_two(p):
-        if p["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(tiny_dataset, tmp_path / "c.pt", cfg, on_progress=stop_in_epoch_two)
-    assert pretrain(tiny_dataset, tmp_path / "c.pt", cfg, resume=True)["checksum"] == full["checksum"]
-    with pytest.raises(ValueError, match="low_res_epochs must be <= 2"):
-        PretrainConfig(epochs=2, low_res_epochs=3)
-    with pytest.raises(ValueError, match="low_res_epochs needs local_size >= 32"):
-        PretrainConfig(local_size=24, low_res_epochs=1)
-
-
 # ------------------------------------------------------------------------------ usefulness
 def probe_auc(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
     """Slice-level linear-probe AUC: standardised logistic regression, 4-fold cross-validation grouped by exam."""
