@@ -32,9 +32,9 @@ STEPS = ("synth", "import", "pretrain")
 #: started, scaled by how fast this chain's finished steps ran against them. synth: issue 14's 40 s
 #: at 256 px / the 2.46x measured for 128 px (BENCHMARKS.md, first run); import: its 20 s at 256 px
 #: halved (a quarter of the pixels, no resize; 4.5x measured under uneven load); pretrain: a third of
-#: the 200 s `make run` measured for the former 30 epochs of 128 slices (10 epochs of 64 cost 3.06x
+#: the 200 s `make run` measured for the former 30 epochs of 128 slices (9 epochs of 64 cost 3.3x
 #: less, measured back to back; ich.pretrain's docstring).
-TYPICAL_S = {"synth": 16.0, "import": 10.0, "pretrain": 65.0}
+TYPICAL_S = {"synth": 16.0, "import": 10.0, "pretrain": 60.0}
 TITLES = {"synth": "Generating the default phantom (synthetic head-CT DICOM)",
           "import": "Importing it into the lab",
           "pretrain": "Pretraining its slice encoder (no labels used)"}
