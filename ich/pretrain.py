@@ -48,6 +48,32 @@ no longer used to choose anything. Keeping the BatchNorm statistics of the train
 recomputing them on whole slices after ``local`` training dropped a linear probe's slice AUC from 0.75
 to 0.63 (measured on the phantom now called ``--difficulty hard``).
 
+A cheaper schedule, 9 epochs of 64 slices (~950 steps) instead of the default 30 of 128 (~1,580 steps; used
+for the table above), was measured for issue 14 ("3x cheaper at equal quality") on validation AUC only: phantom seeds 0 and
+100 (300 exams, 128 px), each candidate's encoder under the quick recipe at 48 labels (``study --preset
+quick --budgets 48 --seeds 3 --pixel-slices 0 --init ENCODER``), each cell's selected model scored on the
+val split, which paid validation never reads (fit records no validation AUC for the strong learner at 48
+labels, and the weak one's 12-13 held-out exams mostly give 1.0). Cost: s/step measured back to back (1
+thread, candidates interleaved, 2 repeats) x steps, and crop pixels. 2026-12-02, 2 shared cores, load
+1.6-7; mean val exam AUC over seeds 0-2 per arm, and over all 12 cells::
+
+    candidate                     cost  pixels  seed 0: weak strong   seed 100: weak strong   12 cells
+    30 ep x 128, 48 px (former)  1.00x  1.00x         0.931  0.923              0.982  0.941     0.944
+    10 ep x 64, 48 px            3.06x  3.00x         0.954  0.931              0.967  0.927     0.945
+     9 ep x 64, 48 px            3.22x  3.33x         0.935  0.906              0.960  0.938     0.935
+    20 ep x 64, 32 px            1.90x  3.38x             -      -              0.950  0.838         -
+    25 ep x 128, 28 px           1.74x  3.53x             -      -              0.965  0.882         -
+    30 ep, 27 at half size       2.62x  3.08x             -      -              0.829  0.832         -
+
+Whole runs back to back (seed 100, 1 thread): 30 x 128 took 207-212 s, 10 x 64 70-74 s (2.8-3.0x: not
+3x), 9 x 64 62 s (3.3-3.4x): the one candidate measured both 3x cheaper and within 0.01 on the 12-cell
+mean (-0.009, at the edge; per phantom -0.006 and -0.012). Not the default yet: README's tables were
+measured on 30 x 128, and so close a margin needs more pretraining seeds (``--epochs 9 --batch-size 64``). A second pretraining seed of 30 x 128 moved
+seed 100's mean by +0.009, so 3 seeds resolve about 0.01, no better. Smaller crops run at half the rate
+their pixels promise and cost the strong learner 0.06-0.10; half-size slices (a since-removed
+``low_res_epochs``) cost 0.13-0.16. Halving the batch keeps 60% of the steps; 10 epochs of 128 (a
+third) had lost 0.045 (BENCHMARKS.md, first run).
+
 Augmentations are CT-specific and batched in torch (``augment_views``): window level/width
 jitter and Gaussian noise in HU, then one affine per view (crop-and-resize, rotation, left-right
 flip) via ``affine_grid``/``grid_sample``. Everything random derives from ``(seed, epoch)``, so a
@@ -103,7 +129,7 @@ class PretrainConfig(JsonConfig):
     windows: tuple[str, ...] = ("brain",)     # CT windows stacked as channels (as DataConfig.windows)
     input_size: int | None = 128              # slices resized to this (as DataConfig.input_size); None = cached size
     splits: tuple[str, ...] = ("train",)      # whose slices are used (pixels only)
-    epochs: int = 30                          # passes over the slice pool
+    epochs: int = 30                          # passes over the slice pool (9 x 64: 3.3x cheaper, module docstring)
     batch_size: int = 128                     # slices per step
     lr: float = 2e-3                          # peak AdamW learning rate (linear warm-up, cosine decay)
     weight_decay: float = 1e-4
