@@ -43,7 +43,7 @@ def bench_ingestion(ctx: BenchContext) -> dict:
 
     # 48 exams (~1,500 files): above the importer's 500-file threshold for a parallel header scan, so the
     # ratio measures a real import's throughput; at 12 exams (385 files, scanned serially) it measured
-    # mostly the fixed start-up costs (2026-12-02: 0.64 at 12 exams, 0.83-0.97 at 48 on the same files)
+    # mostly the fixed start-up costs (2026-12-02, RLE: 0.64 at 12 exams, 0.80 at 48 on the same tree)
     n_exams = 4 if ctx.quick else 48
     size = 16 if ctx.quick else 128
     workers = ctx.workers
