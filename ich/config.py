@@ -46,7 +46,8 @@ from typing import Any, Mapping
 
 from ich import noise
 
-ACQUISITIONS = ("random", "uncertainty", "coreset")   # keys of ich.acquire's strategies (kept here: level-1 module)
+ACQUISITIONS = ("random", "uncertainty", "coreset", "attention")   # keys of ich.acquire's strategies (kept here: level-1 module)
+GUIDE_NEGATIVES = ("random", "attended")     # ich.acquire.guided_slices: how slices of a guide's negative exams are chosen
 WINDOW_NAMES = ("brain", "subdural", "bone")  # keys of labels.WINDOWS (kept here: level-1 module)
 ENCODER_NAMES = ("compact", "resnet18")
 POOLING_NAMES = ("attention", "gated_attention", "mean", "max")
@@ -249,8 +250,12 @@ class TrainConfig:
     lr_factors: tuple[float, ...] = (0.3, 1.0, 3.0)  # learning rates tried (x lr), chosen on validation labels only
     label_noise: str = ""                   # bought labels' noise, e.g. "exam=0.90/0.97" (ich.noise); "" = clean
     acquisition: str = "random"             # how the budget is bought (ich.acquire): random (one stratified draw) |
-                                            # uncertainty | coreset (in `rounds` rounds, from the labels bought so far)
+                                            # uncertainty | coreset (in `rounds` rounds, from the labels bought so far) |
+                                            # attention (strong: slices a weak guide attends to, confirmed by a reader)
     rounds: int = 3                         # acquisition rounds (a seed set, then rounds-1 chosen by the strategy)
+    guide_exams: int = 24                   # attention: exam labels bought to train the weak guide (priced as exam
+                                            # labels, on top of the slice budget)
+    guide_negatives: str = "random"         # attention: slices of the guide's negative exams, random | attended
     exams_per_step: int = 4                 # weak/mixed: bags per optimiser step (padded + masked)
     slices_per_step: int = 32               # strong: slices per optimiser step
     bag_min_slices: int | None = 10         # weak bag augmentation: keep k ~ randint(min, S) slices; None = off
@@ -301,6 +306,8 @@ class TrainConfig:
         object.__setattr__(self, "label_noise", noise.parse(self.label_noise).spec)   # normalised ("" when clean)
         check_choice("train.acquisition", self.acquisition, ACQUISITIONS)
         check_number("train.rounds", self.rounds, lo=1, integer=True)
+        check_number("train.guide_exams", self.guide_exams, lo=2, integer=True)
+        check_choice("train.guide_negatives", self.guide_negatives, GUIDE_NEGATIVES)
         if self.supervision == "mixed" and self.budget is not None and not 0.0 < self.slice_fraction < 1.0:
             raise ValueError(f"train.slice_fraction must be strictly between 0 and 1 for mixed supervision "
                              f"(0 is weak, 1 is strong), not {self.slice_fraction!r}")
@@ -334,7 +341,13 @@ class RunConfig(JsonConfig):
                 raise ValueError(f"train.acquisition={t.acquisition} scores the pool from cached embeddings of a frozen "
                                  "encoder: start from an encoder file with model.finetune=none (the quick study's "
                                  "setting), or use train.acquisition=random")
-            if t.rounds < 2:
+            if t.acquisition == "attention" and t.supervision != "strong":
+                raise ValueError("train.acquisition=attention buys slice labels (the slices a weak guide attends to): "
+                                 "use it with strong supervision, or pick uncertainty or coreset for weak runs")
+            if t.acquisition == "attention" and self.model.pooling not in ("attention", "gated_attention"):
+                raise ValueError(f"train.acquisition=attention reads the weak guide's attention: use model.pooling="
+                                 f"attention or gated_attention, not {self.model.pooling}")
+            if t.rounds < 2 and t.acquisition != "attention":
                 raise ValueError(f"train.acquisition={t.acquisition} needs train.rounds of at least 2 (a seed set, then "
                                  "a round chosen by the strategy)")
             if t.budget is None:

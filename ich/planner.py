@@ -17,6 +17,11 @@ label of a kind the noise model touches costs ``seconds_per_noisy_label`` (defau
 "report-mined exam label": a script reads the report, nobody looks at the scan) at the same
 hourly rate; labels of a kind it leaves clean keep the annotator's price.
 
+Attention-guided slice labels (arms with ``acquisition="attention"``, ``ich.acquire``): a reader confirms
+slices a weak guide pre-selected, each at ``seconds_per_confirmed_slice`` (default 2 s, an assumption:
+the slice is shown, nothing is searched), and the guide's exam labels (``guide_labels`` of the summary)
+are added at the exam label's price.
+
 ``cheapest_plan`` picks from observed study points (the aggregate table of
 ``study.summarise_study``): the cheapest (arm, budget) whose mean AUC, or the lower bound of
 its 95% CI across seeds (``criterion="ci_low"``, the cautious choice), reaches the target.
@@ -50,12 +55,14 @@ class CostModel:
     hourly_rate: float = 200.0               # annotator cost per hour, in `currency`
     currency: str = "USD"
     seconds_per_noisy_label: float = 1.0     # a label of a kind an arm's noise model touches (report-mined)
+    seconds_per_confirmed_slice: float = 2.0 # a slice pre-selected by a weak guide, confirmed (acquisition=attention)
 
     def __post_init__(self):
         check_number("cost.seconds_per_exam_label", self.seconds_per_exam_label, lo=0.0)
         check_number("cost.seconds_per_slice_label", self.seconds_per_slice_label, lo=0.0)
         check_number("cost.hourly_rate", self.hourly_rate, lo=0.0)
         check_number("cost.seconds_per_noisy_label", self.seconds_per_noisy_label, lo=0.0)
+        check_number("cost.seconds_per_confirmed_slice", self.seconds_per_confirmed_slice, lo=0.0)
         if not isinstance(self.currency, str) or not self.currency:
             raise ValueError(f"cost.currency must be a non-empty string, not {self.currency!r}")
 
@@ -71,18 +78,22 @@ class CostModel:
         return (1.0 - f) * float(budget), f * float(budget)
 
     def hours(self, supervision: str, budget: float, slice_fraction: float | None = None,
-              label_noise: str = "") -> float:
-        """Annotator hours of a budget (labels of a kind ``label_noise`` touches at the noisy source's price)."""
+              label_noise: str = "", acquisition: str = "random", guide_exams: float = 0.0) -> float:
+        """Annotator hours of a budget: labels of a kind ``label_noise`` touches at the noisy source's price,
+        attention-guided slices at the confirmation price plus ``guide_exams`` exam labels (module docstring)."""
         n = noise.parse(_text(label_noise))
         exams, slices = self.label_counts(supervision, budget, slice_fraction)
         exam_s = self.seconds_per_noisy_label if n.exam != (1.0, 1.0) else self.seconds_per_exam_label
         slice_s = self.seconds_per_noisy_label if n.slice != (1.0, 1.0) else self.seconds_per_slice_label
-        return (exams * exam_s + slices * slice_s) / 3600.0
+        if acquisition == "attention":
+            slice_s = self.seconds_per_confirmed_slice
+        guide = float(guide_exams) if _finite(guide_exams) else 0.0
+        return (exams * exam_s + slices * slice_s + guide * self.seconds_per_exam_label) / 3600.0
 
     def cost(self, supervision: str, budget: float, slice_fraction: float | None = None,
-             label_noise: str = "") -> float:
+             label_noise: str = "", acquisition: str = "random", guide_exams: float = 0.0) -> float:
         """Money of a budget (``hours * hourly_rate``)."""
-        return self.hours(supervision, budget, slice_fraction, label_noise) * self.hourly_rate
+        return self.hours(supervision, budget, slice_fraction, label_noise, acquisition, guide_exams) * self.hourly_rate
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -120,13 +131,15 @@ class Plan:
     validation: str = ""               # paid | none | free (how the cells chose their model)
     val_labels: float = 0.0            # labels used for model selection (paid: inside budget; free: on top)
     label_noise: str = ""              # the labels' noise model (ich.noise spec); "" = clean
+    acquisition: str = "random"        # how the labels were chosen (ich.acquire)
+    guide_labels: float = 0.0          # attention: exam labels bought for the weak guide, counted in the cost
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def sentence(self) -> str:
         """The plan in plain words: what to buy, what it reaches by which rule, the validation labels, the cost."""
-        what = _what(self.supervision, self.label_noise)
+        what = _what(self.supervision, self.label_noise, self.acquisition, self.guide_labels)
         t = self.target
         ci = (f"95% CI {self.auc_ci_low:.3f}–{self.auc_ci_high:.3f}"
               if _finite(self.auc_ci_low, self.auc_ci_high) else "95% CI not estimable with these seeds")
@@ -173,10 +186,14 @@ def _text(v) -> str:
     return v if isinstance(v, str) else ""
 
 
-def _what(supervision: str, label_noise="") -> str:
-    """ "exam labels", "slice labels" or "labels", with the noise model in words when there is one."""
+def _what(supervision: str, label_noise="", acquisition="random", guide_labels=0.0) -> str:
+    """ "exam labels", "slice labels" or "labels", with the noise model in words when there is one, and an
+    attention guide's exam labels."""
     what = {"weak": "exam labels", "strong": "slice labels"}.get(supervision, "labels")
     n = noise.parse(_text(label_noise))
+    if _strategy(acquisition) == "attention":
+        guide = float(guide_labels) if _finite(guide_labels) else 0.0
+        return f"confirmed {what} (pre-selected by a weak guide trained on {guide:,.0f} exam labels)"
     return what if n.clean else f"noisy {what} ({n.words()})"
 
 
@@ -215,13 +232,21 @@ def plan_table(aggregate: pd.DataFrame, cost: CostModel) -> pd.DataFrame:
     counts = [cost.label_counts(s, b, _frac(f)) for s, b, f in zip(df["supervision"], df["budget"],
                                                                     df["slice_fraction"])]
     free = _free_val_labels(df)
-    df["exam_labels"] = [c[0] + v for c, v in zip(counts, free)]
+    guide = [float(g) if _finite(g) else 0.0 for g in df.get("guide_labels", [0.0] * len(df))]
+    df["exam_labels"] = [c[0] + v + g for c, v, g in zip(counts, free, guide)]
     df["slice_labels"] = [c[1] for c in counts]
     noise_specs = [_text(n) for n in df["label_noise"]] if "label_noise" in df.columns else [""] * len(df)
-    df["hours"] = [cost.hours(s, b, _frac(f), n) + cost.hours("weak", v)
-                   for s, b, f, n, v in zip(df["supervision"], df["budget"], df["slice_fraction"], noise_specs, free)]
+    strategies = [_strategy(a) for a in df.get("acquisition", [""] * len(df))]
+    df["hours"] = [cost.hours(s, b, _frac(f), n, a, g) + cost.hours("weak", v)
+                   for s, b, f, n, a, g, v in zip(df["supervision"], df["budget"], df["slice_fraction"], noise_specs,
+                                                  strategies, guide, free)]
     df["cost"] = df["hours"] * cost.hourly_rate
     return df
+
+
+def _strategy(a) -> str:
+    """An acquisition cell of a table as a strategy name (NaN / "" from a CSV = random)."""
+    return a if isinstance(a, str) and a else "random"
 
 
 def _frac(f):
@@ -264,7 +289,9 @@ def cheapest_plan(aggregate: pd.DataFrame, cost: CostModel, target_auc: float, *
                 auc_ci_high=float(best.get(f"{metric}_ci_high", math.nan)), hours=float(best["hours"]),
                 cost=float(best["cost"]), currency=cost.currency, source="observed", target=float(target_auc),
                 criterion=criterion, validation=str(best.get("validation", "") or ""),
-                val_labels=float(val) if _finite(val) else 0.0, label_noise=_text(best.get("label_noise", "")))
+                val_labels=float(val) if _finite(val) else 0.0, label_noise=_text(best.get("label_noise", "")),
+                acquisition=_strategy(best.get("acquisition", "")),
+                guide_labels=float(best.get("guide_labels", 0.0)) if _finite(best.get("guide_labels", 0.0)) else 0.0)
 
 
 def fitted_plans(fits: Mapping[str, Any], arms: Mapping[str, tuple[str, float | None]], cost: CostModel,
@@ -273,7 +300,8 @@ def fitted_plans(fits: Mapping[str, Any], arms: Mapping[str, tuple[str, float | 
 
     Args:
         fits: ``{arm: curves.PowerLawFit}`` (other values, e.g. failure messages, are skipped).
-        arms: ``{arm: (supervision, slice_fraction[, label_noise])}`` (``StudyConfig.arm_table``).
+        arms: ``{arm: (supervision, slice_fraction[, label_noise[, acquisition[, guide exam labels]]])}``
+            (``StudyConfig.arm_table``; the guide's labels from the summary's ``guide_labels``).
         cost: the cost model.
         target_auc: the AUC to reach.
 
@@ -291,12 +319,14 @@ def fitted_plans(fits: Mapping[str, Any], arms: Mapping[str, tuple[str, float | 
         if not math.isfinite(need["n"]):
             continue
         sup, frac, *rest = arms[arm]
-        spec = rest[0] if rest else ""
+        spec, strategy, guide = (list(rest) + ["", "random", 0.0][len(rest):])[:3]
+        priced = (sup, need["n"], frac, spec, _strategy(strategy), guide)
         out.append(Plan(arm=arm, supervision=sup, slice_fraction=frac, budget=need["n"], auc=float(target_auc),
-                        auc_ci_low=float("nan"), auc_ci_high=float("nan"), hours=cost.hours(sup, need["n"], frac, spec),
-                        cost=cost.cost(sup, need["n"], frac, spec), currency=cost.currency, source="fit",
+                        auc_ci_low=float("nan"), auc_ci_high=float("nan"), hours=cost.hours(*priced),
+                        cost=cost.cost(*priced), currency=cost.currency, source="fit",
                         extrapolated=need["extrapolated"], budget_low=need["low"], budget_high=need["high"],
-                        target=float(target_auc), label_noise=spec))
+                        target=float(target_auc), label_noise=spec, acquisition=_strategy(strategy),
+                        guide_labels=float(guide) if _finite(guide) else 0.0))
     return sorted(out, key=lambda p: p.cost)
 
 
@@ -314,7 +344,8 @@ def arm_outcomes(aggregate: pd.DataFrame, fits: Mapping[str, Any], cost: CostMod
     out = []
     for arm, grp in df.groupby("arm", sort=False):
         sup = str(grp["supervision"].iloc[0])
-        what = _what(sup, grp["label_noise"].iloc[0] if "label_noise" in grp.columns else "")
+        head = grp.iloc[0]
+        what = _what(sup, head.get("label_noise", ""), head.get("acquisition", ""), head.get("guide_labels", 0.0))
         vals = _numeric(grp[metric])
         seen = grp[vals.notna()]
         if seen.empty:
@@ -363,8 +394,7 @@ def choice_effects(aggregate: pd.DataFrame, cost: CostModel, target_auc: float, 
     if col not in df.columns:
         return []
     df = df.assign(_noise=[_text(v) for v in df.get("label_noise", [""] * len(df))],
-                   _strategy=[v if isinstance(v, str) and v else "random"
-                              for v in df.get("acquisition", [""] * len(df))],
+                   _strategy=[_strategy(v) for v in df.get("acquisition", [""] * len(df))],
                    _frac=[-1.0 if _frac(f) is None else _frac(f) for f in df["slice_fraction"]])
 
     def cheapest(grp):
@@ -384,7 +414,11 @@ def choice_effects(aggregate: pd.DataFrame, cost: CostModel, target_auc: float, 
         if first["_noise"]:
             choice.append(f"noisy labels ({noise.parse(first['_noise']).words()}, "
                           f"{cost.seconds_per_noisy_label:g} s each)")
-        if first["_strategy"] != "random":
+        if first["_strategy"] == "attention":
+            choice.append(f"slices pre-selected by a weak guide's attention and confirmed "
+                          f"({cost.seconds_per_confirmed_slice:g} s each, plus {float(first.get('guide_labels', 0)):,.0f} "
+                          "guide exam labels)")
+        elif first["_strategy"] != "random":
             choice.append(f"buying by {first['_strategy']}")
         what = {"weak": "exam labels", "strong": "slice labels"}.get(str(first["supervision"]), "labels")
         a, b = cheapest(grp), cheapest(base)

@@ -108,7 +108,8 @@ def study_answer(study: str | os.PathLike, *, cost: CostModel | None = None, tar
         if not targets and len(aggregate) and aggregate[metric].notna().any():
             best = float(aggregate.groupby("arm")[metric].max().max())
             targets = sorted({t for t in (round(best - 0.02, 3), round(best, 3)) if 0 < t <= 1})
-    arms = {a: (sup, frac, nz) for a, sup, frac, nz, _ in spec.arm_table}
+    guides = aggregate.groupby("arm")["guide_labels"].mean().to_dict() if len(aggregate) else {}
+    arms = {a: (sup, frac, nz, acq, guides.get(a, 0.0)) for a, sup, frac, nz, acq in spec.arm_table}
     weak, strong = reference_arms(spec.arm_table)
     robust = has_robustness(study)
     answers = []
@@ -341,6 +342,12 @@ def run_sentence(summary: dict) -> str:
         return f"The run ended {summary.get('state', 'unknown')}" + (f": {summary['error']}" if summary.get("error") else ".")
     kind = {"weak": "exam", "strong": "slice", "mixed": "exam and slice"}.get(summary.get("supervision"), "")
     bought = f"{summary.get('n_labels')} {kind} labels".replace("  ", " ")
+    how = summary.get("acquisition") or "random"
+    if how == "attention":
+        bought += (f" that a weak guide trained on {summary.get('guide_exams')} bought exam labels pointed at "
+                   "(attention-guided)")
+    elif how != "random":
+        bought += f" bought in rounds by {how}"
     val = summary.get("val_exam_auc") if summary.get("val_exam_auc") is not None else summary.get("val_slice_auc")
     which = "exam" if summary.get("val_exam_auc") is not None else "slice"
     paid = "held out of the labels it bought" if summary.get("validation") == "paid" else "of the validation split"

@@ -174,6 +174,7 @@ class _Trainer:
         self.cfg, self.run_dir, self.on_progress = cfg, run_dir, on_progress
         self.given, self.score_exams = bought, score_exams
         self.epoch = 0
+        self.guide_exams = 0          # exam labels bought for an attention guide (train.acquisition=attention)
         self._last_status = 0.0
 
     # -------------------------------------------------------------- setup
@@ -225,6 +226,10 @@ class _Trainer:
         if t.acquisition == "random":
             return select_labels(ds.exams, ds.slices, supervision=t.supervision, budget=t.budget, seed=self.cfg.seed,
                                  sampling=t.sampling, slice_fraction=t.slice_fraction)
+        if t.acquisition == "attention":
+            self._report({"phase": "acquire", "round": 0, "progress": 0.0}, force=True)
+            subset, self.guide_exams = acquire.buy_guided(self.cfg, self.run_dir, ds, fit=fit)
+            return subset
         return acquire.buy_in_rounds(self.cfg, self.run_dir, ds, self.embeddings, self.rows, fit=fit,
                                      on_round=lambda k: self._report({"phase": "acquire", "round": k, "progress": 0.0},
                                                                      force=True))
@@ -492,7 +497,7 @@ class _Trainer:
                    "val_labels": self.held.n_labels, "val_label_kind": self.held.kind,
                    "lr": t.lr * factor, "lr_factor": factor, "selection": self.selection(best),
                    "label_noise": t.label_noise, "wrong_labels": self.wrong_labels, "acquisition": t.acquisition,
-                   "supervision": t.supervision, "budget": t.budget, "seed": cfg.seed,
+                   "guide_exams": self.guide_exams, "supervision": t.supervision, "budget": t.budget, "seed": cfg.seed,
                    "device": str(self.device), "precision": self.precision}
         if self.eval_sets["val"] is not None:    # kept so cutoffs are fixed on validation, never on test
             pred = score_bags(self.model, self.eval_sets["val"], supervision=t.supervision, device=self.device,

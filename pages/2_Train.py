@@ -61,13 +61,16 @@ else:
 
 st.subheader("Which labels to buy")
 ACQUISITION_WORDS = {"random": "at random (the reference study)", "uncertainty": "where the model is least sure",
-                     "coreset": "the most varied scans (coreset)"}
+                     "coreset": "the most varied scans (coreset)",
+                     "attention": "slices a weak model points at, confirmed (slice labels only)"}
 ACQUISITION_HELP = ("random: one stratified draw. The others buy the budget in rounds: a random seed set, then each "
                     "round the model trained on the labels bought so far picks the exams or slices it is least sure "
                     "of (uncertainty), or the scans least like anything bought yet (coreset, from the frozen "
-                    "embeddings). Only labels already bought are ever read. Needs a pretrained encoder start; weak "
-                    "and strong only.")
-c = st.columns(2)
+                    "embeddings). Attention (slice labels): a weak model trained on a few exam labels points at the "
+                    "slices it attends to, and a reader confirms them (cheaper than judging free slices; the exam "
+                    "labels are paid too). Only labels already bought are ever read. Needs a pretrained encoder "
+                    "start; weak and strong only.")
+c = st.columns(3)
 if mode == "single run":
     strategies = [c[0].selectbox("Buy", list(ACQUISITION_WORDS), format_func=ACQUISITION_WORDS.get,
                                  key="train_acquisition", help=ACQUISITION_HELP)]
@@ -76,7 +79,12 @@ else:
                                   format_func=ACQUISITION_WORDS.get, key="train_acquisitions",
                                   help=ACQUISITION_HELP + " Each strategy is an arm of its own.") or ["random"]
 rounds = c[1].number_input("Rounds", 2, 20, RunConfig().train.rounds, key="train_rounds",
-                           disabled=strategies == ["random"], help="A seed set, then rounds - 1 chosen by the strategy.")
+                           disabled=not set(strategies) & {"uncertainty", "coreset"},
+                           help="A seed set, then rounds - 1 chosen by the strategy.")
+guide_exams = c[2].number_input("Guide exam labels", 2, 10_000, RunConfig().train.guide_exams, key="train_guide",
+                                disabled="attention" not in strategies,
+                                help="Attention: exam labels bought to train the weak guide; priced as exam labels, "
+                                     "on top of the slice budget.")
 
 st.subheader("Encoder")
 encoders = sorted(str(p) for p in paths.encoders_dir().glob("*.pt"))
@@ -131,8 +139,10 @@ if init == "random":
 if mode == "single run":
     chosen["train.label_noise"] = label_noises[0]
     chosen["train.acquisition"] = strategies[0]
-if strategies != ["random"]:
+if set(strategies) & {"uncertainty", "coreset"}:
     chosen["train.rounds"] = int(rounds)
+if "attention" in strategies:
+    chosen["train.guide_exams"] = int(guide_exams)
 overrides = recipe.changed_settings(chosen)      # only what differs from the recipe
 
 stamp = time.strftime("%Y%m%d-%H%M%S")

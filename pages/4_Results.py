@@ -61,6 +61,10 @@ with st.sidebar:
             "Seconds per noisy label", 0.0, 3600.0, 1.0, key="results_noisy_s",
             help="A label from a cheaper, fallible source (e.g. mined from the report by a script): the price of "
                  "every label in a study arm trained with label noise"),
+        seconds_per_confirmed_slice=st.number_input(
+            "Seconds per confirmed slice", 0.0, 600.0, 2.0, key="results_confirm_s",
+            help="A slice a weak learner pre-selected, which the reader only confirms (the attention strategy); "
+                 "its guide's exam labels are priced as exam labels"),
     )
 
 figures = st.container()                 # drawn once the answer below is computed

@@ -49,6 +49,30 @@ def test_the_seed_set_is_seeded_and_reads_no_label():
     assert a.equals(b) and not a.equals(c) and len(a) == 5
 
 
+def test_attention_buys_the_most_attended_slices_rank_by_rank_positive_and_negative_exams_in_turn():
+    """Worked by hand: two positive exams (P1, P2) and one negative (N1), three slices each."""
+    guide = pd.DataFrame({"exam_id": ["P1", "P2", "N1"], "label": [1, 1, 0]})
+    att = pd.DataFrame({"exam_id": ["P1"] * 3 + ["P2"] * 3 + ["N1"] * 3, "index": [0, 1, 2] * 3,
+                        "attention": [0.1, 0.7, 0.2, 0.5, 0.3, 0.2, 0.6, 0.3, 0.1]})
+    ranks = {("P1", 1), ("P2", 0), ("N1", 0)}                  # rank 1 of every exam
+    got = acquire.guided_slices(guide, att, 3, seed=0, negatives="attended")
+    assert set(zip(got["exam_id"], got["index"])) == ranks
+    four = acquire.guided_slices(guide, att, 4, seed=0, negatives="attended")   # then a positive exam's rank 2
+    extra = set(zip(four["exam_id"], four["index"])) - ranks
+    assert extra in ({("P1", 2)}, {("P2", 1)})
+    assert acquire.guided_slices(guide, att, 4, seed=0, negatives="attended").equals(four)
+    # by default a negative exam's slices come in a seeded random order (its attention is not read)
+    flipped = att.assign(attention=np.where(att["exam_id"] == "N1", att["attention"][::-1], att["attention"]))
+    for s in range(6):
+        a, b = (acquire.guided_slices(guide, x, 3, seed=s) for x in (att, flipped))
+        assert a.equals(b) and {("P1", 1), ("P2", 0)} <= set(zip(a["exam_id"], a["index"]))
+    negs = {s: acquire.guided_slices(guide, att, 3, seed=s).query("exam_id == 'N1'")["index"].tolist()
+            for s in range(6)}
+    assert all(len(v) == 1 for v in negs.values()) and len({v[0] for v in negs.values()}) > 1   # seeded, not fixed
+    with pytest.raises(ValueError, match="raise train.guide_exams"):
+        acquire.guided_slices(guide, att, 10, seed=0)
+
+
 # ------------------------------------------------------------------------------ runs
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
@@ -68,6 +92,7 @@ def setup(tmp_path_factory):
 def config(ds, enc, strategy, supervision="weak", budget=12, rounds=3):
     return run_config(str(ds), supervision=supervision, budget=budget, seed=3, preset="tiny", init=str(enc),
                       overrides={"train.acquisition": strategy, "train.rounds": rounds, "train.epochs": 2,
+                                 "train.guide_exams": 8,
                                  "train.lr_factors": [1.0], "train.threads": 1, "train.validation": "paid",
                                  "train.val_min_per_class": 2})
 
@@ -78,7 +103,8 @@ def bought(run) -> list[tuple]:
 
 
 @pytest.mark.parametrize("strategy, supervision, budget", [("uncertainty", "weak", 12), ("uncertainty", "strong", 30),
-                                                          ("coreset", "weak", 12), ("coreset", "strong", 30)])
+                                                          ("coreset", "weak", 12), ("coreset", "strong", 30),
+                                                          ("attention", "strong", 30)])
 def test_strategies_never_see_a_label_they_did_not_buy(setup, tmp_path, strategy, supervision, budget):
     """Scramble every label of the training split that the run did not buy: the purchase is the same."""
     ds, enc = setup
@@ -96,8 +122,12 @@ def test_strategies_never_see_a_label_they_did_not_buy(setup, tmp_path, strategy
         hidden = train & ~ex["exam_id"].isin(mine_exams)
         ex.loc[hidden, "label"] = 1 - ex.loc[hidden, "label"]
         sl["label"] = 1 - sl["label"]                 # a weak run buys no slice label at all
-    else:
-        ex.loc[train, "label"] = 1 - ex.loc[train, "label"]   # a strong run buys no exam label
+    else:   # a strong run buys no exam label, but for an attention guide's
+        guide = set(runs.read_labels(tmp_path / "a" / "rounds" / "guide")["exam_id"]) if strategy == "attention" else set()
+        assert len(guide) == (acquire_guide := (8 if strategy == "attention" else 0))
+        assert out["guide_exams"] == acquire_guide
+        hidden_exams = train & ~ex["exam_id"].isin(guide)
+        ex.loc[hidden_exams, "label"] = 1 - ex.loc[hidden_exams, "label"]
         key = list(zip(sl["exam_id"], sl["index"].astype(int)))
         hidden = np.array([k not in mine_slices for k in key]) & sl["exam_id"].isin(set(ex.loc[train, "exam_id"]))
         sl.loc[hidden, "label"] = 1 - sl.loc[hidden, "label"]
@@ -109,6 +139,8 @@ def test_strategies_never_see_a_label_they_did_not_buy(setup, tmp_path, strategy
     rounds = sorted(p.name for p in (tmp_path / "a" / acquire.ROUNDS_DIR).glob("round-*")) \
         if (tmp_path / "a" / acquire.ROUNDS_DIR).is_dir() else []
     assert rounds == (["round-1", "round-2"] if strategy == "uncertainty" else [])   # coreset needs no model
+    if strategy == "attention":    # the slices bought lie in the guide's exams only
+        assert {e for _, e, _ in got} <= guide
     if strategy == "uncertainty":     # each round trained on exactly the labels owned by then
         assert [runs.read_status(tmp_path / "a" / "rounds" / r)["summary"]["n_labels"] for r in rounds] == \
             acquire.round_sizes(budget, 3)[:2]
@@ -150,6 +182,7 @@ def test_rounds_are_seeded_and_a_rerun_retrains_no_finished_round(setup, tmp_pat
     ({"train.acquisition": "uncertainty", "train.rounds": 1}, "at least 2"),
     ({"train.acquisition": "entropy"}, "uncertainty"),
     ({"train.acquisition": "coreset", "train.label_noise": "exam=0.9/0.9"}, "not supported yet"),
+    ({"train.acquisition": "attention"}, "strong supervision"),
 ])
 def test_settings_that_cannot_run_name_the_fix(setup, overrides, words):
     ds, enc = setup

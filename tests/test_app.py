@@ -156,6 +156,12 @@ def test_train_page_launches_acquisition_strategies_as_it_shows_them(app_data):
     spec = build_spec(build_parser().parse_args(shlex.split(at.code[0].value)[3:]))
     assert spec.acquisition == ("random", "coreset") and dict(spec.overrides)["train.rounds"] == 4
     assert [a for a, *_ in spec.arm_table] == ["weak", "strong", "weak-coreset", "strong-coreset"]
+    at.multiselect(key="train_acquisitions").set_value(["random", "attention"]).run()
+    at.number_input(key="train_guide").set_value(12).run()
+    assert not at.exception
+    spec = build_spec(build_parser().parse_args(shlex.split(at.code[0].value)[3:]))
+    assert spec.acquisition == ("random", "attention") and dict(spec.overrides) == {"train.guide_exams": 12}
+    assert [a for a, *_ in spec.arm_table] == ["weak", "strong", "strong-attention"]   # attention buys slices
 
 
 @pytest.fixture(scope="module")

@@ -190,6 +190,29 @@ def test_each_buying_choice_says_how_much_it_moved_the_cost_checked_by_hand():
     assert choice_effects(agg[agg["arm"].isin(["weak", "strong"])], CostModel(), 0.90) == []
 
 
+def test_attention_guided_slices_are_priced_as_confirmations_plus_the_guides_exam_labels_checked_by_hand():
+    """strong (random) reaches 0.90 at 1000 slices: 1000 x 5 s = 1.39 h = 278 USD. strong-attention reaches it at
+    200 confirmed slices + a guide of 24 exam labels: 200 x 2 s + 24 x 60 s = 1840 s = 102 USD (saves 176).
+    With confirmations as dear as free slices and exam labels at 300 s, attention costs 200 x 5 + 24 x 300 =
+    8200 s = 456 USD, and strong (random) at 1000 x 5 s = 278 USD wins."""
+    rows = [("strong", "strong", "random", 0.0, 1000, 0.91), ("strong", "strong", "random", 0.0, 500, 0.86),
+            ("strong-attention", "strong", "attention", 24.0, 200, 0.90)]
+    agg = pd.DataFrame(rows, columns=["arm", "supervision", "acquisition", "guide_labels", "budget", "exam_auc"])
+    agg["slice_fraction"], agg["label_noise"] = float("nan"), ""
+    plan = cheapest_plan(agg, CostModel(), 0.90)
+    assert (plan.arm, plan.budget, plan.guide_labels) == ("strong-attention", 200, 24.0)
+    assert plan.cost == pytest.approx((200 * 2 + 24 * 60) / 3600 * 200)
+    assert "200 confirmed slice labels (pre-selected by a weak guide trained on 24 exam labels)" in plan.sentence()
+    t = plan_table(agg, CostModel())
+    assert t["exam_labels"].tolist() == [0, 0, 24] and t["slice_labels"].tolist() == [1000, 500, 200]
+    [line] = choice_effects(agg, CostModel(), 0.90)
+    assert "2 s each, plus 24 guide exam labels" in line and "the choice saves 176 USD" in line
+    dear = cheapest_plan(agg, CostModel(seconds_per_confirmed_slice=5, seconds_per_exam_label=300), 0.90)
+    assert (dear.arm, dear.budget) == ("strong", 1000)
+    with pytest.raises(ValueError, match="seconds_per_confirmed_slice"):
+        CostModel(seconds_per_confirmed_slice=-1)
+
+
 @pytest.mark.parametrize("hours, words", [(0.0, "under 1 annotator-minute"), (1 / 60, "1 annotator-minute"),
                                           (0.4, "24 annotator-minutes"), (1.6, "1.6 annotator-hours"),
                                           (float("nan"), "annotator time not estimable")])

@@ -65,6 +65,7 @@ def test_train_argv_resolves_to_the_same_config(tiny_dataset, encoder, tmp_path,
          overrides={"train.epochs": 2, "train.lr_factors": [1.0]}, name="mine", finetune="none"),
     dict(label_noise=["", "exam=0.9/0.97", "exam=0.8/0.8,slice=0.9/1"]),
     dict(acquisition=["random", "coreset"], label_noise=["", "exam=0.9/0.9"], overrides={"train.rounds": 4}),
+    dict(acquisition=["random", "attention"], overrides={"train.guide_exams": 12}),
 ])
 def test_study_argv_resolves_to_the_same_spec(tiny_dataset, tmp_path, fields):
     from ich.commands.study import build_spec

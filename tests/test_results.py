@@ -69,6 +69,9 @@ def test_a_finished_run_reads_as_a_sentence_not_a_json_dump(tiny_phantom_run):
     assert text.startswith(f"Trained a {summary['supervision']} learner on {summary['n_labels']} ")
     assert "How the model was chosen: " in text and "{" not in text and "None" not in text
     assert run_sentence({"state": "cancelled"}) == "The run ended cancelled."
+    guided = run_sentence({**summary, "supervision": "strong", "acquisition": "attention", "guide_exams": 24})
+    assert "slice labels that a weak guide trained on 24 bought exam labels pointed at" in guided
+    assert "bought in rounds by coreset" in run_sentence({**summary, "acquisition": "coreset"})
 
 
 def test_the_evaluation_record_reads_old_and_new_metrics_and_refuses_newer(tiny_phantom_run, tmp_path):

@@ -119,7 +119,8 @@ def test_acquisition_strategies_make_weak_and_strong_arms():
     spec = make_study("acquisition", dataset="/x", init="random", supervisions=["weak", "strong", "mixed"])
     assert [(a, s) for a, _, _, _, s in spec.arm_table] == [
         ("weak", "random"), ("strong", "random"), ("mixed-f0.5", "random"), ("weak-uncertainty", "uncertainty"),
-        ("strong-uncertainty", "uncertainty"), ("weak-coreset", "coreset"), ("strong-coreset", "coreset")]
+        ("strong-uncertainty", "uncertainty"), ("weak-coreset", "coreset"), ("strong-coreset", "coreset"),
+        ("strong-attention", "attention")]      # attention picks slice labels: strong only
     assert {c.acquisition for c in plan_cells(spec) if c.arm == "strong-coreset"} == {"coreset"}
     both = make_study("acquisition", dataset="/x", supervisions=["weak"], label_noise=["", "exam=0.9/0.9"])
     assert [a for a, *_ in both.arm_table] == ["weak", "weak-exam-sens90-spec90", "weak-uncertainty", "weak-coreset"]

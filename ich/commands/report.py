@@ -22,6 +22,9 @@ def add_cost_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds-per-noisy-label", type=float, default=d.seconds_per_noisy_label,
                    help=f"seconds per label of a noisy source, e.g. mined from reports (default "
                         f"{d.seconds_per_noisy_label:g}; arms with --label-noise)")
+    p.add_argument("--seconds-per-confirmed-slice", type=float, default=d.seconds_per_confirmed_slice,
+                   help=f"seconds to confirm a slice a weak guide pre-selected (default "
+                        f"{d.seconds_per_confirmed_slice:g}; arms with --acquisition attention)")
     p.add_argument("--hourly-rate", type=float, default=d.hourly_rate,
                    help=f"annotator cost per hour (default {d.hourly_rate:g})")
     p.add_argument("--currency", default=d.currency, help=f"currency label (default {d.currency})")
@@ -32,7 +35,8 @@ def cost_from_args(args):
 
     return CostModel(seconds_per_exam_label=args.seconds_per_exam_label,
                      seconds_per_slice_label=args.seconds_per_slice_label, hourly_rate=args.hourly_rate,
-                     currency=args.currency, seconds_per_noisy_label=args.seconds_per_noisy_label)
+                     currency=args.currency, seconds_per_noisy_label=args.seconds_per_noisy_label,
+                     seconds_per_confirmed_slice=args.seconds_per_confirmed_slice)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune", help="none (cached embeddings) | partial | all (default from --init)")
     p.add_argument("--pixel-slices", type=int, help="lesion slices per cell scored for pixel Dice (0: off)")
     p.add_argument("--acquisition", type=_csv(str), help="how each arm buys its labels, comma-separated: random "
-                   "(default), uncertainty, coreset (ich.acquire; rounds: --set train.rounds=N, default 3)")
+                   "(default), uncertainty, coreset (ich.acquire; rounds: --set train.rounds=N, default 3), attention (strong "
+                   "arms: a weak guide on --set train.guide_exams=N exam labels, default 24, points at the slices)")
     p.add_argument("--label-noise", action="append", metavar="SPEC",
                    help="repeatable: one arm per noise model of the bought labels, e.g. --label-noise clean "
                         "--label-noise exam=0.95/0.95 (sensitivity/specificity; ich.noise). Test labels stay clean")

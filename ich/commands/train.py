@@ -42,7 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                         "counted) | free (the fully labelled val split, as the reference; not in "
                                         "the budget, added to the planner's cost)")
     p.add_argument("--acquisition", help="random (default: one stratified draw) | uncertainty | coreset: buy the "
-                   "budget in rounds chosen from the labels bought so far (ich.acquire; needs an encoder file)")
+                   "budget in rounds chosen from the labels bought so far | attention (strong): slices a weak guide "
+                   "attends to, confirmed by a reader (ich.acquire; needs an encoder file)")
+    p.add_argument("--guide-exams", type=int, help="attention: exam labels bought to train the weak guide (default 24)")
     p.add_argument("--rounds", type=int, help="acquisition rounds (default 3)")
     p.add_argument("--label-noise", help="noise of the bought labels as a fallible reader gives them, e.g. "
                    "exam=0.90/0.97 (sensitivity/specificity; add ,slice=S/P); default clean. Test labels stay clean")
@@ -65,7 +67,7 @@ def build_config(args):
              "train.epochs": args.epochs, "train.loss": args.loss, "train.device": args.device,
              "train.threads": args.threads, "train.sampling": args.sampling, "train.validation": args.validation,
              "train.label_noise": args.label_noise, "train.acquisition": args.acquisition,
-             "train.rounds": args.rounds}
+             "train.rounds": args.rounds, "train.guide_exams": args.guide_exams}
     if args.windows:
         flags["data.windows"] = [w.strip() for w in args.windows.split(",") if w.strip()]
     flags = {k: v for k, v in flags.items() if v is not None}

@@ -130,15 +130,16 @@ class StudyConfig(JsonConfig):
 
         A noise model makes its own arm (``weak-exam-sens90-spec97``) only where it touches a label kind the
         arm buys (weak: exam labels, strong: slice labels, mixed: both); elsewhere the arm is the clean one.
-        An acquisition strategy other than random makes its own arm (``weak-uncertainty``) for weak and strong,
-        with clean labels (strategies and noise models are separate axes: ``train.acquisition`` refuses noise).
+        An acquisition strategy other than random makes its own arm (``weak-uncertainty``) for weak and strong
+        (``attention``, which picks slice labels, for strong only), with clean labels (strategies and noise
+        models are separate axes: ``train.acquisition`` refuses noise).
         """
         out: dict[str, tuple] = {}
         for strategy in self.acquisition:
             for spec in self.label_noise:
                 n = noise.parse(spec)
                 for s in self.supervisions:
-                    if strategy != "random" and (s == "mixed" or spec):
+                    if strategy != "random" and (s == "mixed" or spec or (strategy == "attention" and s != "strong")):
                         continue
                     kinds = {"weak": ("exam",), "strong": ("slice",)}.get(s, ("exam", "slice"))
                     touched = [k for k in kinds if getattr(n, k) != (1.0, 1.0)]
@@ -212,9 +213,10 @@ STUDY_PRESETS: dict[str, dict] = {
     },
     "acquisition": {
         # which exams or slices to buy: random (the reference's stratified draw) vs uncertainty vs coreset
-        # (ich.acquire; 3 rounds: a seed set, then two rounds chosen by the strategy). Fast path, as quick
+        # (ich.acquire; 3 rounds: a seed set, then two rounds chosen by the strategy), and for slice labels
+        # attention (a weak guide on 24 exam labels points at the slices a reader confirms). Fast path, as quick
         "supervisions": ["weak", "strong"], "budgets": [12, 24, 48, 96, 192], "seeds": list(range(3)),
-        "acquisition": ["random", "uncertainty", "coreset"],
+        "acquisition": ["random", "uncertainty", "coreset", "attention"],
         "preset": "default", "init": "auto", "finetune": "none", "pixel_slices": 0, "overrides": {},
     },
     "tiny": {  # tests: pass dataset and init

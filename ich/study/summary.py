@@ -16,7 +16,7 @@ log.addHandler(logging.NullHandler())
 
 # ------------------------------------------------------------------------------ summary
 CELL_COLUMNS = ["row", "arm", "supervision", "slice_fraction", "label_noise", "acquisition", "budget", "seed", "n_seeds", "n_labels", "validation",
-                "train_labels", "val_labels", "val_label_kind", "labels_counted", "lr", "state",
+                "train_labels", "val_labels", "val_label_kind", "labels_counted", "guide_labels", "lr", "state",
                 "exam_auc", "exam_auc_ci_low", "exam_auc_ci_high", "slice_auc", "slice_auc_ci_low",
                 "slice_auc_ci_high", "sequence_f1", "sequence_f1_ci_low", "sequence_f1_ci_high", "pixel_dice",
                 "pixel_dice_ci_low", "pixel_dice_ci_high", "seconds", "run"]
@@ -37,7 +37,8 @@ def cell_row(study: str | os.PathLike, cell: Cell) -> dict:
     nan = float("nan")
     row = {"row": "cell", "arm": cell.arm, "supervision": cell.supervision, "slice_fraction": cell.slice_fraction,
            "label_noise": cell.label_noise, "acquisition": cell.acquisition, "budget": cell.budget, "seed": cell.seed, "n_seeds": 1, "n_labels": nan, "validation": "",
-           "train_labels": nan, "val_labels": nan, "val_label_kind": "", "labels_counted": nan, "lr": nan,
+           "train_labels": nan, "val_labels": nan, "val_label_kind": "", "labels_counted": nan, "guide_labels": nan,
+           "lr": nan,
            "state": cell_state(study, cell),
            **{c: nan for c in CELL_COLUMNS if c.startswith(STAT_COLUMNS)}, "seconds": nan, "run": str(d)}
     if row["state"] not in ("done", "trained"):
@@ -50,7 +51,7 @@ def cell_row(study: str | os.PathLike, cell: Cell) -> dict:
     val_labels = _num(summary.get("val_labels", nan))
     row.update(validation=validation, train_labels=train_labels, val_labels=val_labels,
                val_label_kind=summary.get("val_label_kind", "exam"), labels_counted=train_labels + val_labels,
-               lr=_num(summary.get("lr", nan)))
+               guide_labels=_num(summary.get("guide_exams", 0)), lr=_num(summary.get("lr", nan)))
     if row["state"] != "done":
         return row
     from ich.record import Evaluation      # here, like runs: both import torch, which `import ich.study` avoids
@@ -96,7 +97,8 @@ def summarise_study(study: str | os.PathLike):
              "label_noise": first["label_noise"], "acquisition": first["acquisition"], "budget": int(budget), "seed": None, "n_seeds": int(len(grp)), "n_labels": grp["n_labels"].mean(),
              "validation": "+".join(modes), "train_labels": grp["train_labels"].mean(),
              "val_labels": grp["val_labels"].mean(), "val_label_kind": first["val_label_kind"],
-             "labels_counted": grp["labels_counted"].mean(), "lr": float("nan"),
+             "labels_counted": grp["labels_counted"].mean(), "guide_labels": grp["guide_labels"].mean(),
+             "lr": float("nan"),
              "state": "done", "seconds": grp["seconds"].mean(), "run": ""}
         for stat in STAT_COLUMNS:   # all four figures live in [0, 1]: the t interval is clipped to it
             m, lo, hi = mean_ci(grp[stat].to_numpy(float))
