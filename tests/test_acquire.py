@@ -177,6 +177,22 @@ def test_rounds_are_seeded_and_a_rerun_retrains_no_finished_round(setup, tmp_pat
     assert other.exam_ids != first.exam_ids
 
 
+def test_the_attention_guide_is_seeded_and_a_rerun_retrains_nothing(setup, tmp_path):
+    ds, enc = setup
+    cfg = config(ds, enc, "attention", "strong", 20)
+    from ich.store import open_dataset
+
+    dataset = open_dataset(ds)
+    first, n_guide = acquire.buy_guided(cfg, tmp_path / "run", dataset, fit=fit)
+    assert n_guide == 8 and first.n_labels == 20
+    finished = runs.read_status(tmp_path / "run" / "rounds" / "guide")["finished"]
+    again, _ = acquire.buy_guided(cfg, tmp_path / "run", dataset, fit=fit)
+    assert again.slices.equals(first.slices)
+    assert runs.read_status(tmp_path / "run" / "rounds" / "guide")["finished"] == finished   # not retrained
+    other, _ = acquire.buy_guided(with_overrides(cfg, {"seed": 4}), tmp_path / "other", dataset, fit=fit)
+    assert not other.slices.equals(first.slices)
+
+
 @pytest.mark.parametrize("overrides, words", [
     ({"train.acquisition": "coreset", "model.finetune": "all"}, "finetune=none"),
     ({"train.acquisition": "uncertainty", "train.rounds": 1}, "at least 2"),
