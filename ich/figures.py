@@ -59,14 +59,16 @@ def learning_curve_figure(aggregate: pd.DataFrame, *, cells: pd.DataFrame | None
     if x != "labels" and cost is None:
         raise ValueError(f"x={x!r} needs a cost model (planner.CostModel)")
 
-    def to_x(sup, budget, frac, noise_spec=""):
+    def to_x(sup, budget, frac, noise_spec="", strategy="random", guide=0.0):
         budget = np.asarray(budget, dtype=np.float64)
         if x == "labels":
             return budget
         f = None if frac is None or (isinstance(frac, float) and math.isnan(frac)) else float(frac)
         fn = cost.hours if x == "hours" else cost.cost
         spec = noise_spec if isinstance(noise_spec, str) else ""          # NaN from a CSV: clean labels
-        return np.array([fn(sup, float(b), f, spec) for b in budget.ravel()]).reshape(budget.shape)
+        how = strategy if isinstance(strategy, str) and strategy else "random"
+        g = float(guide) if isinstance(guide, (int, float)) and math.isfinite(guide) else 0.0   # attention's guide
+        return np.array([fn(sup, float(b), f, spec, how, g) for b in budget.ravel()]).reshape(budget.shape)
 
     arms = list(dict.fromkeys(aggregate["arm"])) if len(aggregate) else []
     if cells is not None and len(cells):
@@ -78,17 +80,18 @@ def learning_curve_figure(aggregate: pd.DataFrame, *, cells: pd.DataFrame | None
         agg = aggregate[aggregate["arm"] == arm].sort_values("budget")
         first = agg.iloc[0] if len(agg) else cells[cells["arm"] == arm].iloc[0]
         sup, frac, spec = first["supervision"], first["slice_fraction"], first.get("label_noise", "")
+        priced = (spec, first.get("acquisition", "random"), first.get("guide_labels", 0.0))   # how labels were bought
         if cells is not None and len(cells):
             pts = cells[(cells["arm"] == arm) & cells[metric].notna()]
             if len(pts):
                 fig.add_trace(go.Scatter(
-                    x=to_x(sup, pts["budget"], frac, spec), y=pts[metric], mode="markers", name=f"{arm} seeds",
+                    x=to_x(sup, pts["budget"], frac, *priced), y=pts[metric], mode="markers", name=f"{arm} seeds",
                     legendgroup=arm, showlegend=False, marker=dict(color=_rgba(color, 0.35), size=6),
                     customdata=np.stack([pts["budget"], pts["seed"]], axis=1),
                     hovertemplate=f"{arm}<br>budget %{{customdata[0]}}, seed %{{customdata[1]}}<br>"
                                   f"{METRIC_NAMES.get(metric, metric)} %{{y:.3f}}<extra></extra>"))
         if len(agg):
-            xs = to_x(sup, agg["budget"], frac, spec)
+            xs = to_x(sup, agg["budget"], frac, *priced)
             lo, hi = agg[f"{metric}_ci_low"].to_numpy(float), agg[f"{metric}_ci_high"].to_numpy(float)
             band = np.isfinite(lo) & np.isfinite(hi)
             if band.any():
@@ -104,7 +107,7 @@ def learning_curve_figure(aggregate: pd.DataFrame, *, cells: pd.DataFrame | None
         fit = (fits or {}).get(arm)
         if fit is not None and hasattr(fit, "predict"):
             grid = np.geomspace(max(1.0, fit.n_min), fit.n_max * 4, 120)   # no extrapolation below the data
-            gx = to_x(sup, grid, frac, spec)
+            gx = to_x(sup, grid, frac, *priced)
             flo, fhi = fit.band(grid)
             if np.isfinite(flo).all():
                 fig.add_trace(go.Scatter(x=np.r_[gx, gx[::-1]], y=np.r_[fhi, flo[::-1]], fill="toself",

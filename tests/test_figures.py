@@ -81,6 +81,22 @@ def test_noisy_arms_are_drawn_at_their_own_price_on_the_cost_axes():
     assert xs["weak"] == [pytest.approx(1.0)] and xs["weak-exam-sens90-spec90"] == [pytest.approx(60 / 3600)]
 
 
+def test_attention_arms_are_drawn_at_the_price_of_their_confirmations_and_guide():
+    import pandas as pd
+
+    from ich.figures import learning_curve_figure
+    from ich.planner import CostModel
+
+    agg = pd.DataFrame({"arm": ["strong", "strong-attention"], "supervision": "strong", "slice_fraction": float("nan"),
+                        "label_noise": "", "acquisition": ["random", "attention"], "guide_labels": [0.0, 24.0],
+                        "budget": [48, 48], "n_seeds": 3, "exam_auc": [0.9, 0.85], "exam_auc_ci_low": [0.8, 0.8],
+                        "exam_auc_ci_high": [0.95, 0.9]})
+    fig = learning_curve_figure(agg, x="hours", cost=CostModel())
+    xs = {t.name: list(t.x) for t in fig.data if t.name in ("strong", "strong-attention")}
+    assert xs["strong"] == [pytest.approx(48 * 5 / 3600)]
+    assert xs["strong-attention"] == [pytest.approx((48 * 2 + 24 * 60) / 3600)]    # 48 confirmations + 24 exam reads
+
+
 def test_log_axes_read_as_plain_numbers():
     fig = learning_curve_figure(aggregate())
     assert list(fig.layout.xaxis.tickvals) == [10, 20, 40] and list(fig.layout.xaxis.ticktext) == ["10", "20", "40"]
