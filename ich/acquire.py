@@ -36,8 +36,9 @@ gets the same purchase:
   with more labels), random slice labels 0.91/0.985/0.987 (``data/studies/calib-attention-*``).
 - ``random``: the reference protocol's single stratified draw (no rounds).
 
-Not yet combined with ``train.label_noise`` (a label read wrong in one round must stay wrong in the next;
-the config refuses both at once).
+With ``train.label_noise`` every round reads the labels it buys as the noisy source gives them, exact
+counts per round (``noise.apply``'s ``batches``): a label read wrong in round 1 stays wrong for every
+later round's learner and for the run itself. ``attention`` is not combined with noise (refused).
 
 Acquisition runs on the fast path (frozen encoder, ``model.finetune = none``): every round is a
 head trained on cached embeddings, and the pool is scored from the same cache. Weak and strong
@@ -145,10 +146,13 @@ def features(items: pd.DataFrame, embeddings: np.ndarray, rows: dict, train_ids,
     return (np.asarray(embeddings[at], dtype=np.float64) - mu) / sd
 
 
-def _subset(owned: pd.DataFrame, supervision: str) -> LabelSubset:
+def _subset(owned: pd.DataFrame, supervision: str, sizes: list[int]) -> LabelSubset:
+    """The labels owned after the rounds of ``sizes`` (labels owned after each), in purchase order."""
+    batches = tuple(int(b) for b in np.diff([0, *sizes]))
     if supervision == "weak":
-        return LabelSubset("weak", exam_ids=owned["exam_id"].tolist(), n_labels=len(owned))
-    return LabelSubset("strong", slices=owned[["exam_id", "index"]].reset_index(drop=True), n_labels=len(owned))
+        return LabelSubset("weak", exam_ids=owned["exam_id"].tolist(), n_labels=len(owned), batches=batches)
+    return LabelSubset("strong", slices=owned[["exam_id", "index"]].reset_index(drop=True), n_labels=len(owned),
+                       batches=batches)
 
 
 def _key(df: pd.DataFrame, supervision: str) -> pd.Index:
@@ -187,7 +191,7 @@ def buy_in_rounds(cfg, run_dir, ds, embeddings: np.ndarray, rows: dict, *, fit, 
         if t.acquisition == "uncertainty":
             round_dir = Path(run_dir) / ROUNDS_DIR / f"round-{k}"
             round_cfg = with_overrides(cfg, {"train.budget": sizes[k - 1]})
-            fit(round_cfg, round_dir, resume=runs.is_run(round_dir), bought=_subset(owned, t.supervision),
+            fit(round_cfg, round_dir, resume=runs.is_run(round_dir), bought=_subset(owned, t.supervision, sizes[:k]),
                 score_exams=sorted(set(candidates["exam_id"])))
             ex, sl = runs.read_predictions(round_dir, "pool")
             if t.supervision == "weak":
@@ -202,7 +206,7 @@ def buy_in_rounds(cfg, run_dir, ds, embeddings: np.ndarray, rows: dict, *, fit, 
             picked = next_batch("coreset", n, candidates=candidates, features=feats[np.flatnonzero(left)],
                                 owned_features=feats[owned_pos], seed=cfg.seed * 1000 + k)
         owned = pd.concat([owned, picked], ignore_index=True)
-    return _subset(owned, t.supervision)
+    return _subset(owned, t.supervision, sizes)
 
 
 # ------------------------------------------------------------------------------ attention-guided slice labels

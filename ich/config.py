@@ -352,9 +352,10 @@ class RunConfig(JsonConfig):
                                  "a round chosen by the strategy)")
             if t.budget is None:
                 raise ValueError(f"train.acquisition={t.acquisition} buys a budget in rounds: give train.budget")
-            if t.label_noise:
-                raise ValueError(f"train.acquisition={t.acquisition} with train.label_noise is not supported yet (a "
-                                 "label read wrong in one round must stay wrong in the next); use one of the two")
+            if t.label_noise and t.acquisition == "attention":
+                raise ValueError("train.acquisition=attention with train.label_noise is not supported (the guide's exam "
+                                 "labels and the confirmed slices would need a price and a noise model each); use "
+                                 "one of the two")
         if self.model.encoder == "resnet18" and len(self.data.windows) not in (1, 3):
             raise ValueError(f"the resnet18 encoder takes 1 window (replicated to RGB, as the reference) or 3 "
                              f"windows, not {len(self.data.windows)} ({list(self.data.windows)}); "

@@ -122,6 +122,7 @@ class LabelSubset:
     slice_exam_ids: list[str] = field(default_factory=list)
     slices: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"exam_id": [], "index": []}))
     n_labels: int = 0
+    batches: tuple[int, ...] = ()   # weak/strong labels bought per acquisition round, in purchase order (() = one)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per bought label: kind (exam | slice), exam_id, index (<NA> for exam labels)."""

@@ -12,8 +12,10 @@ a spec string (``parse`` / ``LabelNoise.spec``)::
 ``apply`` flips an *exact* number of the bought labels, not a random number: of the n positive
 labels of a kind, round(n x (1 - sensitivity)) come back negative, chosen with a seeded
 permutation, and likewise for negatives, so a 10 % noise level is 10 % of the labels every time.
-Only the labels a run bought are changed; the test split (and a free validation split) stay
-clean, because a study measures what noisy *training* labels cost, always against clean truth.
+Labels bought in acquisition rounds (``batches``, ``ich.acquire``) are read round by round: each
+round's purchase gets its exact counts from a stream of its own, so a label read wrong in round 1 is
+read the same way by every later round's learner and by the final run. Only the labels a run bought
+are changed; the test split (and a free validation split) stay clean, because a study measures what noisy *training* labels cost, always against clean truth.
 Stratified sampling (``data.select_labels``) still draws the budget on the clean labels, as the
 reference protocol does.
 """
@@ -107,8 +109,19 @@ def _flip_positions(y: np.ndarray, sens: float, spec: float, rng: np.random.Gene
     return np.sort(np.concatenate(out)).astype(np.int64)
 
 
+def _flips_by_batch(y: np.ndarray, sens: float, spec: float, seed: int, stream: int, batches) -> np.ndarray:
+    """``_flip_positions`` over ``y`` (purchase order), exact within each batch; ``()`` = one purchase."""
+    if not batches:
+        return _flip_positions(y, sens, spec, np.random.default_rng([seed, stream]))
+    if sum(batches) != len(y):
+        raise ValueError(f"purchase batches {list(batches)} do not add up to the {len(y)} labels bought")
+    starts = np.cumsum([0, *batches[:-1]])
+    return np.concatenate([s + _flip_positions(y[s:s + n], sens, spec, np.random.default_rng([seed, stream, k]))
+                           for k, (s, n) in enumerate(zip(starts, batches))]).astype(np.int64)
+
+
 def apply(exams: pd.DataFrame, slices: pd.DataFrame, *, exam_ids, slice_rows: pd.DataFrame, noise: LabelNoise,
-          seed: int, slice_exam_ids=()) -> tuple[pd.DataFrame, pd.DataFrame]:
+          seed: int, slice_exam_ids=(), batches=()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The dataset's label tables as the buyer sees them: the bought labels passed through ``noise``.
 
     Args:
@@ -118,6 +131,8 @@ def apply(exams: pd.DataFrame, slices: pd.DataFrame, *, exam_ids, slice_rows: pd
         noise: the noise model; seed: the flips' seed (one stream per kind, independent of the budget draw).
         slice_exam_ids: exams labelled through every slice (mixed supervision): their exam label becomes
             the largest of their seen slice labels, as the reader's slice labels imply.
+        batches: weak or strong runs bought in acquisition rounds: labels per round, in the order of
+            ``exam_ids`` (weak) or ``slice_rows`` (strong); each round's labels are flipped on their own.
 
     Returns:
         (exams, slices) copies whose ``label`` is the seen label on bought rows and unchanged elsewhere.
@@ -128,15 +143,19 @@ def apply(exams: pd.DataFrame, slices: pd.DataFrame, *, exam_ids, slice_rows: pd
     ids = list(exam_ids)
     if ids and noise.exam != (1.0, 1.0):
         pos = exams.index[exams["exam_id"].isin(set(ids))]
+        if batches:                                   # in purchase order, so each round is read on its own
+            pos = pd.Index(pd.Series(exams.index, index=exams["exam_id"]).loc[ids].to_numpy())
         y = exams.loc[pos, "label"].astype(int).to_numpy()
-        flip = _flip_positions(y, *noise.exam, np.random.default_rng([seed, 0xE4A]))
+        flip = _flips_by_batch(y, *noise.exam, seed, 0xE4A, batches)
         exams.loc[pos[flip], "label"] = 1 - y[flip]
     if len(slice_rows) and noise.slice != (1.0, 1.0):
         key = pd.MultiIndex.from_frame(slices[["exam_id", "index"]].astype({"index": int}))
         wanted = pd.MultiIndex.from_arrays([slice_rows["exam_id"].to_numpy(), slice_rows["index"].astype(int).to_numpy()])
         pos = np.flatnonzero(key.isin(wanted))
+        if batches:                                   # in purchase order, so each round is read on its own
+            pos = pd.Series(np.arange(len(slices)), index=key).loc[wanted].to_numpy()
         y = slices["label"].to_numpy()[pos].astype(int)
-        flip = _flip_positions(y, *noise.slice, np.random.default_rng([seed, 0x51C]))
+        flip = _flips_by_batch(y, *noise.slice, seed, 0x51C, batches)
         col = slices.columns.get_loc("label")
         slices.iloc[pos[flip], col] = 1 - y[flip]
         derived = slices[slices["exam_id"].isin(set(slice_exam_ids))].groupby("exam_id")["label"].max()

@@ -198,7 +198,8 @@ class _Trainer:
         # and a free validation split read the dataset's clean labels
         self.seen_exams, self.seen_slices = noise.apply(
             ds.exams, ds.slices, exam_ids=self.bought.exam_ids, slice_rows=self.bought.slices,
-            noise=noise.parse(t.label_noise), seed=cfg.seed, slice_exam_ids=self.bought.slice_exam_ids)
+            noise=noise.parse(t.label_noise), seed=cfg.seed, slice_exam_ids=self.bought.slice_exam_ids,
+            batches=self.bought.batches)
         self.subset, self.held = self._set_validation_apart(ds)
         labels = self._labels_frame()
         self.wrong_labels = int((labels["label"] != labels["clean_label"]).sum())   # flipped by label noise

@@ -197,7 +197,6 @@ def test_the_attention_guide_is_seeded_and_a_rerun_retrains_nothing(setup, tmp_p
     ({"train.acquisition": "coreset", "model.finetune": "all"}, "finetune=none"),
     ({"train.acquisition": "uncertainty", "train.rounds": 1}, "at least 2"),
     ({"train.acquisition": "entropy"}, "uncertainty"),
-    ({"train.acquisition": "coreset", "train.label_noise": "exam=0.9/0.9"}, "not supported yet"),
     ({"train.acquisition": "attention"}, "strong supervision"),
 ])
 def test_settings_that_cannot_run_name_the_fix(setup, overrides, words):
@@ -207,3 +206,22 @@ def test_settings_that_cannot_run_name_the_fix(setup, overrides, words):
     with pytest.raises(ValueError, match="mixed"):
         run_config(str(ds), supervision="mixed", budget=12, slice_fraction=0.5, init=str(enc),
                    overrides={"train.acquisition": "coreset"})
+    with pytest.raises(ValueError, match="not supported"):
+        run_config(str(ds), supervision="strong", budget=12, init=str(enc),
+                   overrides={"train.acquisition": "attention", "train.label_noise": "slice=0.9/0.9"})
+
+
+def test_noisy_labels_bought_in_rounds_stay_as_first_read(setup, tmp_path):
+    """Every round's learner reads the labels it owns as the final run reads them, and each round's purchase
+    has its exact share wrong (labels.parquet of each round folder against the run's)."""
+    ds, enc = setup
+    cfg = with_overrides(config(ds, enc, "uncertainty", "weak", 15), {"train.label_noise": "exam=0.7/0.7"})
+    out = fit(cfg, tmp_path / "run")
+    assert out["state"] == "done" and out["wrong_labels"] > 0
+    final = runs.read_labels(tmp_path / "run").set_index("exam_id")
+    sizes = acquire.round_sizes(15, 3)
+    for k, size in enumerate(sizes[:2], start=1):
+        mine = runs.read_labels(tmp_path / "run" / "rounds" / f"round-{k}").set_index("exam_id")
+        assert len(mine) == size
+        assert (mine["label"] == final.loc[mine.index, "label"]).all()      # never reread
+    assert final["clean_label"].ne(final["label"]).sum() == out["wrong_labels"]

@@ -75,6 +75,34 @@ def test_slice_noise_is_seeded_and_flips_only_bought_slices():
     assert len(changed) == int(np.floor((y == 1).sum() * 0.2 + 0.5)) + int(np.floor((y == 0).sum() * 0.1 + 0.5))
 
 
+@pytest.mark.parametrize("kind", ["exam", "slice"])
+def test_labels_bought_in_rounds_are_read_round_by_round_exactly_and_never_reread(kind):
+    """Rounds of 9, 7 and 8 labels in purchase order (not table order): each round flips exactly its own
+    counts, and a learner that owns only the first rounds reads their labels as the final run does."""
+    ex, sl = tables(n_exams=60)
+    rng = np.random.default_rng(3)
+    n = noise.parse(f"{kind}=0.7/0.8")
+    if kind == "exam":
+        order = ex["exam_id"].to_numpy()[rng.permutation(60)[:24]].tolist()
+        seen = lambda k, b: noise.apply(ex, sl, exam_ids=order[:k], slice_rows=sl.iloc[:0], noise=n, seed=2,
+                                        batches=b)[0].set_index("exam_id").loc[order[:k], "label"].to_numpy()
+        truth = ex.set_index("exam_id").loc[order, "label"].to_numpy()
+    else:
+        rows = sl.iloc[rng.permutation(len(sl))[:24]][["exam_id", "index"]].reset_index(drop=True)
+        key = lambda df: list(zip(df["exam_id"], df["index"]))
+        seen = lambda k, b: noise.apply(ex, sl, exam_ids=[], slice_rows=rows.iloc[:k], noise=n, seed=2, batches=b)[1] \
+            .set_index(["exam_id", "index"]).loc[key(rows.iloc[:k]), "label"].to_numpy()
+        truth = sl.set_index(["exam_id", "index"]).loc[key(rows), "label"].to_numpy()
+    final = seen(24, (9, 7, 8))
+    for start, size in ((0, 9), (9, 7), (16, 8)):            # exact counts within each round
+        y, z = truth[start:start + size], final[start:start + size]
+        assert ((y == 1) & (z == 0)).sum() == int(np.floor((y == 1).sum() * 0.3 + 0.5))
+        assert ((y == 0) & (z == 1)).sum() == int(np.floor((y == 0).sum() * 0.2 + 0.5))
+    assert (seen(9, (9,)) == final[:9]).all() and (seen(16, (9, 7)) == final[:16]).all()   # no round rereads
+    with pytest.raises(ValueError, match="do not add up"):
+        seen(16, (9, 8))
+
+
 def test_mixed_exams_take_their_label_from_their_seen_slices():
     ex, sl = tables()
     ids = ex["exam_id"].iloc[:10].tolist()

@@ -123,7 +123,10 @@ def test_acquisition_strategies_make_weak_and_strong_arms():
         ("strong-attention", "attention")]      # attention picks slice labels: strong only
     assert {c.acquisition for c in plan_cells(spec) if c.arm == "strong-coreset"} == {"coreset"}
     both = make_study("acquisition", dataset="/x", supervisions=["weak"], label_noise=["", "exam=0.9/0.9"])
-    assert [a for a, *_ in both.arm_table] == ["weak", "weak-exam-sens90-spec90", "weak-uncertainty", "weak-coreset"]
+    assert [a for a, *_ in both.arm_table] == ["weak", "weak-exam-sens90-spec90", "weak-uncertainty",
+                                               "weak-exam-sens90-spec90-uncertainty", "weak-coreset",
+                                               "weak-exam-sens90-spec90-coreset"]     # the two axes cross
+    assert {c.label_noise for c in plan_cells(both) if c.arm == "weak-exam-sens90-spec90-coreset"} == {"exam=0.9/0.9"}
     assert StudyConfig.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     with pytest.raises(ValueError, match="uncertainty"):
         make_study("quick", dataset="/x", acquisition=["entropy"])

@@ -131,15 +131,15 @@ class StudyConfig(JsonConfig):
         A noise model makes its own arm (``weak-exam-sens90-spec97``) only where it touches a label kind the
         arm buys (weak: exam labels, strong: slice labels, mixed: both); elsewhere the arm is the clean one.
         An acquisition strategy other than random makes its own arm (``weak-uncertainty``) for weak and strong
-        (``attention``, which picks slice labels, for strong only), with clean labels (strategies and noise
-        models are separate axes: ``train.acquisition`` refuses noise).
+        (``attention``, which picks slice labels, for strong only, with clean labels); with noise models
+        too, each strategy arm gets each noisy twin (``weak-exam-sens90-spec90-uncertainty``).
         """
         out: dict[str, tuple] = {}
         for strategy in self.acquisition:
             for spec in self.label_noise:
                 n = noise.parse(spec)
                 for s in self.supervisions:
-                    if strategy != "random" and (s == "mixed" or spec or (strategy == "attention" and s != "strong")):
+                    if strategy != "random" and (s == "mixed" or (strategy == "attention" and (s != "strong" or spec))):
                         continue
                     kinds = {"weak": ("exam",), "strong": ("slice",)}.get(s, ("exam", "slice"))
                     touched = [k for k in kinds if getattr(n, k) != (1.0, 1.0)]
