@@ -279,8 +279,7 @@ def buy_guided(cfg, run_dir, ds, *, fit) -> tuple[LabelSubset, int]:
     _, attended = runs.read_predictions(guide_dir, "pool")
     slices = pool(ds.exams, ds.slices, "strong")
     slices = slices[slices["exam_id"].isin(set(guide["exam_id"]))]
-    attention = slices.merge(attended[["exam_id", "index"]].astype({"index": int})
-                             .assign(attention=attended["attention"].to_numpy(float)), on=["exam_id", "index"],
-                             how="left")
+    attended = attended[["exam_id", "index", "attention"]].astype({"index": int, "attention": float})
+    attention = slices.merge(attended, on=["exam_id", "index"], how="left")     # every labellable slice, once
     picked = guided_slices(labels, attention, t.budget, cfg.seed, negatives=t.guide_negatives)
     return LabelSubset("strong", slices=picked, n_labels=len(picked)), len(guide)
