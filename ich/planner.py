@@ -13,9 +13,11 @@ judged with its neighbours; ~3 min for a whole exam), 200 per hour (roughly a US
 radiologist's fully loaded hourly cost).
 
 Noisy labels (arms with a ``label_noise`` model, ``ich.noise``) come from a cheaper source: each
-label of a kind the noise model touches costs ``seconds_per_noisy_label`` (default 1 s, issue 16's
-"report-mined exam label": a script reads the report, nobody looks at the scan) at the same
-hourly rate; labels of a kind it leaves clean keep the annotator's price.
+read of a label of a kind the noise model touches costs ``seconds_per_noisy_label`` (default 1 s,
+issue 16's "report-mined exam label": a script reads the report, nobody looks at the scan) at the
+same hourly rate, so the majority of 3 reads (``exam=0.8/0.8x3``) costs 3 of them; a dataset's
+recorded readers (``exam=R1``, ``exam=R1+R2+R3``) are radiologists, each read at the exam label's
+price. Labels of a kind the model leaves clean keep the annotator's price.
 
 Attention-guided slice labels (arms with ``acquisition="attention"``, ``ich.acquire``): a reader confirms
 slices a weak guide pre-selected, each at ``seconds_per_confirmed_slice`` (default 2 s, an assumption:
@@ -83,8 +85,9 @@ class CostModel:
         attention-guided slices at the confirmation price plus ``guide_exams`` exam labels (module docstring)."""
         n = noise.parse(_text(label_noise))
         exams, slices = self.label_counts(supervision, budget, slice_fraction)
-        exam_s = self.seconds_per_noisy_label if n.exam != (1.0, 1.0) else self.seconds_per_exam_label
-        slice_s = self.seconds_per_noisy_label if n.slice != (1.0, 1.0) else self.seconds_per_slice_label
+        exam_s = (self.seconds_per_exam_label if n.readers else self.seconds_per_noisy_label if n.touches("exam")
+                  else self.seconds_per_exam_label) * n.reads("exam")
+        slice_s = (self.seconds_per_noisy_label if n.touches("slice") else self.seconds_per_slice_label) * n.reads("slice")
         if acquisition == "attention":
             slice_s = self.seconds_per_confirmed_slice
         guide = float(guide_exams) if _finite(guide_exams) else 0.0

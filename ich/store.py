@@ -130,6 +130,39 @@ class ExamRecord:
     lesion_pixels: np.ndarray | None  # (S,) mask pixel counts at cache size, or None
     slice_thickness_mm: float | None
     pixel_spacing_mm: float | None
+    reads: dict[str, float | None] | None = None   # each recorded reader's exam read, {"R1": 0/1/None, ...}
+
+
+READER_NAME = re.compile(r"^R[0-9]{1,2}$")      # recorded readers: R1, R2, ... (CQ500's three)
+READ_PREFIX = "read_"                            # exams.parquet column of a reader's exam read: read_R1, ...
+
+
+def read_columns(exams: pd.DataFrame) -> list[str]:
+    """The recorded readers of a dataset's exams table (``["R1", "R2", "R3"]`` for CQ500; ``[]`` for most)."""
+    return [c[len(READ_PREFIX):] for c in exams.columns if c.startswith(READ_PREFIX)]
+
+
+def recorded_readers(path: str | os.PathLike) -> list[str]:
+    """The recorded readers of a dataset folder, from its exams table's column names only (no rows read)."""
+    import pyarrow.parquet as pq
+
+    p = Path(path) / EXAMS_FILE
+    names = pq.read_schema(p).names if p.is_file() else []
+    return [c[len(READ_PREFIX):] for c in names if c.startswith(READ_PREFIX)]
+
+
+def _check_reads(exam_id: str, reads) -> dict[str, float | None] | None:
+    """Recorded readers' exam reads, checked: names R1, R2, ...; values 0, 1 or None (not read)."""
+    if reads is None:
+        return None
+    out = {}
+    for name, v in dict(reads).items():
+        if not READER_NAME.match(str(name)):
+            raise ValueError(f"exam {exam_id}: reader names must read R1, R2, ... (as CQ500's reads.csv), not {name!r}")
+        if v is not None and v not in (0, 1):
+            raise ValueError(f"exam {exam_id}: reader {name}'s exam read must be 0, 1 or None, not {v!r}")
+        out[str(name)] = None if v is None else float(v)
+    return out
 
 
 class DatasetWriter:
@@ -190,7 +223,7 @@ class DatasetWriter:
                  label: float | None = None, subtypes: dict[str, float | None] | None = None,
                  slice_labels: np.ndarray | None = None, slice_subtypes: np.ndarray | None = None,
                  mask: np.ndarray | None = None, slice_thickness_mm: float | None = None,
-                 pixel_spacing_mm: float | None = None) -> None:
+                 pixel_spacing_mm: float | None = None, reads: dict[str, float | None] | None = None) -> None:
         """Cache one exam.
 
         Args:
@@ -251,7 +284,7 @@ class DatasetWriter:
             exam_id=exam_id, patient_key=str(patient_key), source=self.source, n_slices=n,
             label=label, subtypes=subtypes, slice_labels=slice_labels, slice_subtypes=slice_subtypes,
             has_mask=mask is not None, lesion_pixels=lesion_pixels,
-            slice_thickness_mm=slice_thickness_mm, pixel_spacing_mm=pixel_spacing_mm,
+            slice_thickness_mm=slice_thickness_mm, pixel_spacing_mm=pixel_spacing_mm, reads=_check_reads(exam_id, reads),
         ))
 
     def close(self) -> None:
@@ -297,8 +330,11 @@ class DatasetWriter:
             part["has_mask"] = np.full(n, r.has_mask)
             part["lesion_pixels"] = r.lesion_pixels if r.lesion_pixels is not None else [None] * n
             slice_parts.append(pd.DataFrame(part))
+        readers = sorted({k for r in self.records for k in (r.reads or {})}, key=lambda k: int(k[1:]))
+        for row, r in zip(exam_rows, self.records):
+            row.update({READ_PREFIX + k: (r.reads or {}).get(k) for k in readers})
         exams = pd.DataFrame(exam_rows)
-        for col in ["label", *SUBTYPES]:
+        for col in ["label", *SUBTYPES, *(READ_PREFIX + k for k in readers)]:
             exams[col] = exams[col].astype("Int8")
         exams["n_slices"] = exams["n_slices"].astype("int32")
         exams["slice_thickness_mm"] = exams["slice_thickness_mm"].astype("Float32")
@@ -308,7 +344,7 @@ class DatasetWriter:
         for col in ["label", *SUBTYPES]:
             slices[col] = slices[col].astype("Int8")
         slices["lesion_pixels"] = slices["lesion_pixels"].astype("Int32")
-        return exams[EXAM_COLUMNS], slices[SLICE_COLUMNS]
+        return exams[EXAM_COLUMNS + [READ_PREFIX + k for k in readers]], slices[SLICE_COLUMNS]
 
 
 class Dataset:

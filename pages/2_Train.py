@@ -7,7 +7,7 @@ import streamlit as st
 
 from ich import jobs, noise, paths, recipe
 from ich.config import RunConfig
-from ich.store import list_datasets
+from ich.store import list_datasets, recorded_readers
 from ich.study import default_encoder_path, make_study
 
 st.set_page_config(page_title="Train · ICH lab", layout="wide")
@@ -44,20 +44,42 @@ st.subheader("Label quality")
 NOISE_HELP = ("A cheaper source (a report-mining script, one hurried reader) gets some labels wrong. Sensitivity: "
               "the share of truly positive labels it calls positive; specificity: the share of negatives it calls "
               "negative. Exactly that share of the bought labels is flipped (seeded); the test split stays clean.")
+READS_HELP = ("Buy each label this many times from independent fallible reads and keep the majority: fewer wrong "
+              "labels, at that many times the price.")
+readers = recorded_readers(dataset)      # CQ500's R1, R2, R3: the dataset's own reads of each exam
+READER_HELP = (f"This dataset records each reader's exam read ({', '.join(readers)}): train on one reader's reads, "
+               "or on their majority (each read priced as an exam label).")
 if mode == "single run":
-    c = st.columns(3)
+    c = st.columns(4)
     noisy = c[0].toggle("Labels from a fallible source", key="train_noisy", help=NOISE_HELP)
     sens = c[1].number_input("Sensitivity", 0.5, 1.0, 0.9, 0.01, disabled=not noisy, key="train_noise_sens")
     spec_ = c[2].number_input("Specificity", 0.5, 1.0, 0.97, 0.01, disabled=not noisy, key="train_noise_spec")
+    reads = c[3].selectbox("Reads per label (majority)", [1, 3, 5], disabled=not noisy, key="train_reads",
+                           help=READS_HELP)
     pair = (float(sens), float(spec_)) if noisy else (1.0, 1.0)
     kinds = {"weak": ("exam",), "strong": ("slice",)}.get(supervision, ("exam", "slice"))
-    label_noises = [noise.LabelNoise(**{k: pair for k in kinds}).spec]
+    label_noises = [noise.LabelNoise(**{k: pair for k in kinds}, **{f"{k}_reads": int(reads) for k in kinds}).spec]
+    if readers and supervision != "strong":
+        source = st.selectbox("Exam labels from", ["the dataset's label", *readers, "+".join(readers)],
+                              key="train_reader", help=READER_HELP,
+                              format_func=lambda r: r if r.startswith("the") else f"reader {r}" if "+" not in r
+                              else f"the majority of readers {r.replace('+', ', ')}")
+        if not source.startswith("the"):
+            label_noises = [noise.parse(f"exam={source}").spec]
 else:
-    flipped = st.multiselect("Compare label noise (share of each class's bought labels flipped)", [0, 5, 10, 20],
-                             default=[0], format_func=lambda p: "clean labels" if p == 0 else f"{p}% wrong",
-                             key="train_noise_levels", help=NOISE_HELP + " Each level is an arm of its own.")
-    label_noises = [noise.LabelNoise(exam=(1 - p / 100, 1 - p / 100), slice=(1 - p / 100, 1 - p / 100)).spec
-                    for p in sorted(flipped)] or [""]
+    c = st.columns([3, 1])
+    flipped = c[0].multiselect("Compare label noise (share of each class's bought labels flipped)", [0, 5, 10, 20],
+                               default=[0], format_func=lambda p: "clean labels" if p == 0 else f"{p}% wrong",
+                               key="train_noise_levels", help=NOISE_HELP + " Each level is an arm of its own.")
+    reads = c[1].multiselect("Reads per noisy label", [1, 3, 5], default=[1], key="train_reads_grid",
+                             help=READS_HELP + " Each choice is an arm of its own.") or [1]
+    label_noises = list(dict.fromkeys(
+        noise.LabelNoise(exam=(1 - p / 100, 1 - p / 100), slice=(1 - p / 100, 1 - p / 100), exam_reads=int(k),
+                         slice_reads=int(k)).spec for p in sorted(flipped) for k in sorted(reads))) or [""]
+    if readers:
+        chosen_readers = st.multiselect("Compare recorded readers", [*readers, "+".join(readers)], key="train_readers",
+                                        help=READER_HELP + " Each is an arm of its own.")
+        label_noises += [noise.parse(f"exam={r}").spec for r in chosen_readers]
 
 st.subheader("Which labels to buy")
 ACQUISITION_WORDS = {"random": "at random (the reference study)", "uncertainty": "where the model is least sure",

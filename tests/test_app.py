@@ -143,6 +143,38 @@ def test_train_page_launches_label_noise_as_it_shows_it(app_data):
     spec = build_spec(build_parser().parse_args(argv))
     assert spec.label_noise == ("", "exam=0.9/0.9,slice=0.9/0.9")
     assert [a for a, *_ in spec.arm_table] == ["weak", "strong", "weak-exam-sens90-spec90", "strong-slice-sens90-spec90"]
+    at.multiselect(key="train_reads_grid").set_value([1, 3]).run()        # one reader against the majority of three
+    spec = build_spec(build_parser().parse_args(shlex.split(at.code[0].value)[3:]))
+    assert spec.label_noise == ("", "exam=0.9/0.9,slice=0.9/0.9", "exam=0.9/0.9x3,slice=0.9/0.9x3")
+    assert "weak-exam-sens90-spec90-x3" in [a for a, *_ in spec.arm_table]
+    assert not any(ms.key == "train_readers" for ms in at.multiselect)    # no recorded readers in this dataset
+
+
+def test_train_page_offers_a_datasets_recorded_readers(app_data):
+    """A dataset with CQ500-style read_R1..3 columns: single runs and grids can train on a reader's reads."""
+    import pandas as pd
+
+    from ich.cli import build_parser
+    from ich.commands.study import build_spec
+    from ich.commands.train import build_config
+
+    ds = app_data / "datasets" / "tiny"
+    ex = pd.read_parquet(ds / "exams.parquet")
+    for r in ("R1", "R2", "R3"):
+        ex[f"read_{r}"] = ex["label"]
+    ex.to_parquet(ds / "exams.parquet", index=False)
+    at = run_page(REPO / "pages" / "2_Train.py")
+    at.radio(key="train_mode").set_value("single run").run()
+    at.selectbox(key="train_init").set_value("random").run()
+    at.selectbox(key="train_reader").set_value("R2").run()
+    assert not at.exception
+    assert build_config(build_parser().parse_args(shlex.split(at.code[0].value)[3:])).train.label_noise == "exam=R2"
+    at.radio(key="train_mode").set_value("study grid (budgets x seeds)").run()
+    at.multiselect(key="train_readers").set_value(["R1", "R1+R2+R3"]).run()
+    assert not at.exception
+    spec = build_spec(build_parser().parse_args(shlex.split(at.code[0].value)[3:]))
+    assert spec.label_noise == ("", "exam=R1", "exam=R1+R2+R3")
+    assert [a for a, *_ in spec.arm_table] == ["weak", "strong", "weak-exam-R1", "weak-exam-R1-R2-R3"]
 
 
 def test_train_page_launches_acquisition_strategies_as_it_shows_them(app_data):

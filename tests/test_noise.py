@@ -27,9 +27,28 @@ def test_spec_strings_round_trip(text, exam, slice_):
     assert noise.parse(n.spec) == n
 
 
+@pytest.mark.parametrize("text, spec, tag, words, reads", [
+    ("exam=0.80/0.8x3", "exam=0.8/0.8x3", "exam-sens80-spec80-x3",
+     "exam labels: the majority of 3 reads, each 80% sensitive, 80% specific", 3),
+    ("exam=0.9/0.97x1", "exam=0.9/0.97", "exam-sens90-spec97", "exam labels 90% sensitive, 97% specific", 1),
+    ("exam=1/1x3", "", "", "clean labels", 1),                      # a clean source needs no second read
+    ("exam=R1", "exam=R1", "exam-R1", "exam labels as reader R1 read them", 1),
+    (" exam = R1+R2+R3 ", "exam=R1+R2+R3", "exam-R1-R2-R3", "exam labels: the majority of readers R1, R2, R3", 3),
+    ("exam=R2,slice=0.9/0.9x5", "exam=R2,slice=0.9/0.9x5", "exam-R2-slice-sens90-spec90-x5",
+     "exam labels as reader R2 read them; slice labels: the majority of 5 reads, each 90% sensitive, 90% specific",
+     1)])
+def test_reader_sources_round_trip_in_plain_words(text, spec, tag, words, reads):
+    n = noise.parse(text)
+    assert (n.spec, n.tag, n.words(), n.reads("exam")) == (spec, tag, words, reads)
+    assert noise.parse(n.spec) == n and TrainConfig(label_noise=text).label_noise == spec
+
+
 @pytest.mark.parametrize("bad, words", [("exam=0.9", "KIND=SENSITIVITY/SPECIFICITY"), ("pixel=0.9/0.9", "exam or slice"),
                                         ("exam=0.4/0.9", "between 0.5 and 1"), ("exam=a/0.9", "numbers"),
-                                        ("exam=1/1,exam=0.9/0.9", "twice")])
+                                        ("exam=1/1,exam=0.9/0.9", "twice"), ("exam=0.9/0.9x2", "odd number"),
+                                        ("exam=0.9/0.9x11", "odd number from 1 to 9"), ("exam=0.9/0.9xa", "odd"),
+                                        ("slice=R1", "exam labels only"), ("exam=R1+R2", "odd number of distinct"),
+                                        ("exam=R1+R1+R2", "distinct"), ("exam=R1,exam=0.9/0.9", "twice")])
 def test_bad_specs_say_how_to_write_one(bad, words):
     with pytest.raises(ValueError, match=words):
         noise.parse(bad)
@@ -101,6 +120,43 @@ def test_labels_bought_in_rounds_are_read_round_by_round_exactly_and_never_rerea
     assert (seen(9, (9,)) == final[:9]).all() and (seen(16, (9, 7)) == final[:16]).all()   # no round rereads
     with pytest.raises(ValueError, match="do not add up"):
         seen(16, (9, 8))
+
+
+def test_the_majority_of_three_reads_is_worked_out_read_by_read():
+    """By hand: each read flips its exact counts from its own stream (the first is the one-read model's); a label
+    is seen wrong when at least 2 of the 3 reads got it wrong."""
+    ex, sl = tables(n_exams=200)
+    ids = ex["exam_id"].tolist()
+    y = ex["label"].to_numpy()
+    one = noise.apply(ex, sl, exam_ids=ids, slice_rows=sl.iloc[:0], noise=noise.parse("exam=0.8/0.8"), seed=7)[0]
+    three = noise.apply(ex, sl, exam_ids=ids, slice_rows=sl.iloc[:0], noise=noise.parse("exam=0.8/0.8x3"), seed=7)[0]
+    wrong = np.zeros(len(y), dtype=int)
+    for key in ([7, 0xE4A], [7, 0xE4A, 0x4EAD, 1], [7, 0xE4A, 0x4EAD, 2]):
+        wrong[noise._flip_positions(y, 0.8, 0.8, np.random.default_rng(key))] += 1
+    first = noise._flip_positions(y, 0.8, 0.8, np.random.default_rng([7, 0xE4A]))    # one read: the plain model
+    assert np.array_equal(np.flatnonzero(one["label"].to_numpy() != y), first)
+    assert len(first) == sum(int(np.floor((y == c).sum() * 0.2 + 0.5)) for c in (0, 1))
+    assert ((three["label"].to_numpy() != y) == (wrong >= 2)).all()
+    assert 5 < (wrong >= 2).sum() < 40          # about 3 x 0.2^2 x 0.8 + 0.2^3 = 10% wrong, not 20%
+
+
+def test_recorded_readers_give_their_own_reads_of_the_bought_exams_only():
+    ex, sl = tables(n_exams=6)
+    ex = ex.assign(label=[1, 1, 1, 0, 0, 0], read_R1=pd.array([1, 0, 1, 0, 1, 0], dtype="Int8"),
+                   read_R2=pd.array([1, 1, 0, 0, 0, 1], dtype="Int8"), read_R3=pd.array([0, 1, 1, 1, 0, 0], dtype="Int8"))
+    bought = ["E001", "E004", "E000", "E002"]
+    seen = lambda spec: noise.apply(ex, sl, exam_ids=bought, slice_rows=sl.iloc[:0], noise=noise.parse(spec),
+                                    seed=0)[0]["label"].tolist()
+    assert seen("exam=R1") == [1, 0, 1, 0, 1, 0]
+    assert seen("exam=R3") == [0, 1, 1, 0, 0, 0]                # E003 not bought: its label stays 0 though R3 read 1
+    assert seen("exam=R1+R2+R3") == [1, 1, 1, 0, 0, 0]           # E000 2/3, E001 2/3, E002 2/3, E004 1/3
+    with pytest.raises(ValueError, match="read_R4.*readers R1, R2, R3.*import cq500"):
+        seen("exam=R4")
+    with pytest.raises(ValueError, match="no recorded reader"):
+        noise.apply(tables()[0], sl, exam_ids=["E001"], slice_rows=sl.iloc[:0], noise=noise.parse("exam=R1"), seed=0)
+    gap = ex.assign(read_R2=pd.array([1, None, 0, 0, 0, 1], dtype="Int8"))
+    with pytest.raises(ValueError, match="E001 has no read by every reader"):
+        noise.apply(gap, sl, exam_ids=bought, slice_rows=sl.iloc[:0], noise=noise.parse("exam=R1+R2+R3"), seed=0)
 
 
 def test_mixed_exams_take_their_label_from_their_seen_slices():
@@ -184,3 +240,29 @@ def test_the_noise_note_names_each_noisy_arm_in_words():
     assert "weak-exam-sens90-spec97 trained on exam labels 90% sensitive, 97% specific" in note
     assert "clean labels" in note and "nan" not in note
     assert noise_note(cells.iloc[[0]]) == "" and noise_note(cells.drop(columns="label_noise")) == ""
+
+
+def test_a_run_on_recorded_readers_trains_on_that_readers_reads(easy, tmp_path):
+    """A dataset with recorded readers (as CQ500's import writes them): the run's labels are reader R2's reads of
+    the exams it bought, the clean column keeps the dataset's label, and a dataset without readers refuses."""
+    import shutil
+
+    from ich import runs
+
+    ds = tmp_path / "read"
+    shutil.copytree(easy, ds)
+    ex = pd.read_parquet(ds / "exams.parquet")
+    rng = np.random.default_rng(0)
+    for r in ("R1", "R2", "R3"):         # each reader gets a fifth of the labels wrong
+        wrong = rng.random(len(ex)) < 0.2
+        ex[f"read_{r}"] = pd.array(np.where(wrong, 1 - ex["label"], ex["label"]), dtype="Int8")
+    ex.to_parquet(ds / "exams.parquet", index=False)
+    out = noisy_run(ds, tmp_path / "r2", "exam=R2")
+    labels = runs.read_labels(tmp_path / "r2").set_index("exam_id")
+    reads = ex.set_index("exam_id")
+    assert (labels["label"] == reads.loc[labels.index, "read_R2"].astype(int)).all()
+    assert (labels["clean_label"] == reads.loc[labels.index, "label"].astype(int)).all()
+    assert out["wrong_labels"] == int((labels["label"] != labels["clean_label"]).sum()) > 0
+    with pytest.raises(ValueError, match="no recorded reader"):
+        noisy_run(easy, tmp_path / "none", "exam=R1")
+

@@ -170,6 +170,11 @@ def test_noisy_labels_are_priced_at_their_source_and_the_choice_is_checked_by_ha
     assert CostModel().cost("mixed", 100, 0.5, "slice=0.9/0.9") == pytest.approx((50 * 60 + 50 * 1) / 3600 * 200)
     with pytest.raises(ValueError, match="seconds_per_noisy_label"):
         CostModel(seconds_per_noisy_label=-1)
+    # reads are priced one by one: 3 simulated reads at the noisy price, recorded readers at the exam price
+    assert CostModel().hours("weak", 100, None, "exam=0.8/0.8x3") == pytest.approx(100 * 3 * 1 / 3600)
+    assert CostModel().hours("weak", 100, None, "exam=R1") == pytest.approx(100 * 60 / 3600)
+    assert CostModel().hours("weak", 100, None, "exam=R1+R2+R3") == pytest.approx(100 * 3 * 60 / 3600)
+    assert CostModel().hours("strong", 100, None, "slice=0.9/0.9x5") == pytest.approx(100 * 5 * 1 / 3600)
 
 
 def test_each_buying_choice_says_how_much_it_moved_the_cost_checked_by_hand():

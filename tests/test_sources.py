@@ -175,6 +175,11 @@ def test_cq500_import_with_bhx(trees, tmp_path):
     assert ex.loc[["CQ500-CT-3_CT_5mm", "CQ500-CT-7_CT_5mm", "CQ500-CT-12_CT_5mm"], "label"].tolist() == [1, 1, 0]
     assert ex.loc["CQ500-CT-3_CT_5mm", "intraparenchymal"] == 1 and ex.loc["CQ500-CT-7_CT_5mm", "subdural"] == 1
     assert ex.loc["CQ500-CT-12_CT_5mm", list(SUBTYPES)].sum() == 0
+    # each reader's own ICH read is kept too (a label source of its own: --label-noise exam=R1)
+    order = ["CQ500-CT-3_CT_5mm", "CQ500-CT-7_CT_5mm", "CQ500-CT-12_CT_5mm"]
+    assert {r: ex.loc[order, f"read_{r}"].tolist() for r in ("R1", "R2", "R3")} == \
+        {"R1": [1, 1, 0], "R2": [1, 0, 1], "R3": [1, 1, 0]}
+    assert str(ex["read_R1"].dtype) == "Int8"
     # the reference series rule dropped the thin and the contrast series
     assert report["dropped"] == {"selection_rule": 2}
     reasons = {d["item"]: d["reason"] for d in report["drops"]}

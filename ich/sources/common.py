@@ -161,6 +161,7 @@ class DicomExam:
     slice_subtypes: np.ndarray | None = None    # (S, 5) 0/1
     boxes: list[list[tuple]] | None = None      # per slice: [(code, x0, y0, x1, y1), ...] in pixels
     mask_path: Path | None = None               # NIfTI mask (W, H, S), codes 0..5
+    reads: dict | None = None                   # recorded readers' exam reads {"R1": 0/1, ...} (CQ500)
 
 
 def scan_headers(paths, report: ImportReport, *, pool: WorkerPool, on_error: str,
@@ -236,7 +237,7 @@ def write_dicom_exams(writer: DatasetWriter, exams: list[DicomExam], report: Imp
             slice_labels=None if e.slice_labels is None else e.slice_labels[kept],
             slice_subtypes=None if e.slice_subtypes is None else e.slice_subtypes[kept], mask=mask,
             slice_thickness_mm=h0.slice_thickness if h0.slice_thickness else finite_or_none(e.plan.spacing_mm[0]),
-            pixel_spacing_mm=finite_or_none(e.plan.spacing_mm[1]),
+            pixel_spacing_mm=finite_or_none(e.plan.spacing_mm[1]), reads=e.reads,
         )
         report.slices += len(kept)
         report_progress(on_progress, "decode", done, total)

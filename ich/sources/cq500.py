@@ -24,6 +24,7 @@ CQ500_FINDINGS = ("ICH", "IPH", "IVH", "SDH", "EDH", "SAH", "BleedLocation-Left"
                   "ChronicBleed", "Fracture", "CalvarialFracture", "OtherFracture", "MassEffect", "MidlineShift")
 CQ500_COLUMNS = ("name", "Category", *(f"R{r}:{f}" for r in (1, 2, 3) for f in CQ500_FINDINGS))
 CQ500_SERIES_RULES = ("reference", "all")
+READERS = ("R1", "R2", "R3")
 _CQ500_EXAM = re.compile(r"CQ500-?CT-?(\d+)", re.IGNORECASE)
 
 
@@ -36,7 +37,9 @@ def read_cq500_reads(path: str | os.PathLike) -> pd.DataFrame:
 
     Returns:
         Table indexed by exam number n (``CQ500-CT-<n>``) with Int8 columns ``label`` (R1+R2+R3 ICH >= 2)
-        and the five ``labels.SUBTYPES`` (same majority rule on IPH, IVH, SDH, EDH, SAH), plus ``Category``.
+        and the five ``labels.SUBTYPES`` (same majority rule on IPH, IVH, SDH, EDH, SAH), plus ``Category`` and
+        each reader's ICH read, ``R1``, ``R2``, ``R3`` (kept as ``read_R1..3`` in exams.parquet: a label source of
+        its own, ``ich.noise``).
     """
     path = Path(path)
     if not path.is_file():
@@ -58,12 +61,14 @@ def read_cq500_reads(path: str | os.PathLike) -> pd.DataFrame:
     out = pd.DataFrame(index=n.astype(int).to_numpy())
     out["Category"] = df["Category"].to_numpy()
     out["label"] = (sum(df[f"R{r}:ICH"] for r in (1, 2, 3)) >= 2).astype("int8").to_numpy()
+    for r in READERS:
+        out[r] = df[f"{r}:ICH"].astype("int8").to_numpy()
     for s in SUBTYPES:
         ab = SUBTYPE_ABBREV[s]
         out[s] = (sum(df[f"R{r}:{ab}"] for r in (1, 2, 3)) >= 2).astype("int8").to_numpy()
     if out.index.duplicated().any():
         raise ValueError(f"{path}: exam {out.index[out.index.duplicated()][0]} appears twice")
-    return out.astype({c: "Int8" for c in ["label", *SUBTYPES]})
+    return out.astype({c: "Int8" for c in ["label", *SUBTYPES, *READERS]})
 
 
 def read_bhx(path: str | os.PathLike) -> tuple[dict[str, list[tuple]], dict]:
@@ -170,7 +175,7 @@ def import_cq500(src, out, *, reads: str | os.PathLike | None = None, bhx: str |
             exam_id = unique_name(safe_exam_id(f"CQ500-CT-{n}_{series_dir}"), used)
             row = labels.loc[n]
             e = DicomExam(exam_id, f"CQ500-CT-{n}", plan, label=float(row["label"]),
-                          subtypes={s: float(row[s]) for s in SUBTYPES})
+                          subtypes={s: float(row[s]) for s in SUBTYPES}, reads={r: float(row[r]) for r in READERS})
             if boxes is not None:
                 per_slice = [boxes.get(h.sop_uid, []) for h in plan.headers]
                 if any(per_slice):

@@ -142,8 +142,8 @@ class StudyConfig(JsonConfig):
                     if strategy != "random" and (s == "mixed" or (strategy == "attention" and (s != "strong" or spec))):
                         continue
                     kinds = {"weak": ("exam",), "strong": ("slice",)}.get(s, ("exam", "slice"))
-                    touched = [k for k in kinds if getattr(n, k) != (1.0, 1.0)]
-                    applied = noise.LabelNoise(**{k: getattr(n, k) for k in touched})
+                    touched = [k for k in kinds if n.touches(k)]
+                    applied = n.only(touched)
                     suffix = (f"-{applied.tag}" if touched else "") + (f"-{strategy}" if strategy != "random" else "")
                     for name, frac in ([(f"mixed-f{f:g}", float(f)) for f in self.slice_fractions] if s == "mixed"
                                        else [(s, None)]):
