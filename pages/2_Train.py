@@ -47,6 +47,7 @@ NOISE_HELP = ("A cheaper source (a report-mining script, one hurried reader) get
 READS_HELP = ("Buy each label this many times from independent fallible reads and keep the majority: fewer wrong "
               "labels, at that many times the price.")
 readers = recorded_readers(dataset)      # CQ500's R1, R2, R3: the dataset's own reads of each exam
+READS_WORDS = {1: "one read", 3: "majority of 3 reads", 5: "majority of 5 reads"}
 READER_HELP = (f"This dataset records each reader's exam read ({', '.join(readers)}): train on one reader's reads, "
                "or on their majority (each read priced as an exam label).")
 if mode == "single run":
@@ -54,8 +55,8 @@ if mode == "single run":
     noisy = c[0].toggle("Labels from a fallible source", key="train_noisy", help=NOISE_HELP)
     sens = c[1].number_input("Sensitivity", 0.5, 1.0, 0.9, 0.01, disabled=not noisy, key="train_noise_sens")
     spec_ = c[2].number_input("Specificity", 0.5, 1.0, 0.97, 0.01, disabled=not noisy, key="train_noise_spec")
-    reads = c[3].selectbox("Reads per label (majority)", [1, 3, 5], disabled=not noisy, key="train_reads",
-                           help=READS_HELP)
+    reads = c[3].selectbox("Reads per label", list(READS_WORDS), format_func=READS_WORDS.get, disabled=not noisy,
+                           key="train_reads", help=READS_HELP)
     pair = (float(sens), float(spec_)) if noisy else (1.0, 1.0)
     kinds = {"weak": ("exam",), "strong": ("slice",)}.get(supervision, ("exam", "slice"))
     label_noises = [noise.LabelNoise(**{k: pair for k in kinds}, **{f"{k}_reads": int(reads) for k in kinds}).spec]
@@ -71,8 +72,8 @@ else:
     flipped = c[0].multiselect("Compare label noise (share of each class's bought labels flipped)", [0, 5, 10, 20],
                                default=[0], format_func=lambda p: "clean labels" if p == 0 else f"{p}% wrong",
                                key="train_noise_levels", help=NOISE_HELP + " Each level is an arm of its own.")
-    reads = c[1].multiselect("Reads per noisy label", [1, 3, 5], default=[1], key="train_reads_grid",
-                             help=READS_HELP + " Each choice is an arm of its own.") or [1]
+    reads = c[1].multiselect("Reads per noisy label", list(READS_WORDS), default=[1], format_func=READS_WORDS.get,
+                             key="train_reads_grid", help=READS_HELP + " Each choice is an arm of its own.") or [1]
     label_noises = list(dict.fromkeys(
         noise.LabelNoise(exam=(1 - p / 100, 1 - p / 100), slice=(1 - p / 100, 1 - p / 100), exam_reads=int(k),
                          slice_reads=int(k)).spec for p in sorted(flipped) for k in sorted(reads))) or [""]
