@@ -20,11 +20,14 @@ TERMS = {
     "Label noise": "Labels from a cheaper, fallible source (a script mining reports, one hurried reader). "
     "*Sensitivity* 90% means 1 in 10 truly positive labels comes back negative; *specificity* 97% means 3 in "
     "100 truly negative labels come back positive. The lab flips exactly that share of the bought labels and "
-    "always tests against the clean truth.",
+    "always tests against the clean truth. *Majority of 3 reads*: each label is read three times, independently, "
+    "and the majority is kept — fewer wrong labels at three times the price. *Recorded readers* (CQ500's R1, R2, "
+    "R3): the labels a real reader gave, or the majority of the three.",
     "Acquisition strategy": "Which exams or slices to send to the reader. *At random* is the reference study's "
     "draw. *Uncertainty* buys in rounds: the model trained on the labels bought so far picks the scans it is least "
-    "sure about. *Coreset* picks the scans least like anything bought yet. Neither ever looks at a label it has "
-    "not paid for.",
+    "sure about. *Coreset* picks the scans least like anything bought yet. *Attention* (slice labels): a weak "
+    "model trained on a few exam labels points at the slices it looks at, and the reader only confirms them. None "
+    "ever looks at a label it has not paid for.",
     "AUC (area under the ROC curve)": "How well scores separate exams with and without hemorrhage: 0.5 is a "
     "coin toss, 1.0 ranks every bleed above every normal exam. It does not depend on a threshold.",
     "Sensitivity and specificity at an operating point": "Pick a score threshold; sensitivity is the share of "
