@@ -197,7 +197,24 @@ def _what(supervision: str, label_noise="", acquisition="random", guide_labels=0
     if _strategy(acquisition) == "attention":
         guide = float(guide_labels) if _finite(guide_labels) else 0.0
         return f"confirmed {what} (pre-selected by a weak guide trained on {guide:,.0f} exam labels)"
-    return what if n.clean else f"noisy {what} ({n.words()})"
+    if n.clean:
+        return what
+    return f"{what} from recorded readers ({n.words()})" if n.readers else f"noisy {what} ({n.words()})"
+
+
+def _price_words(cost: CostModel, label_noise: str) -> str:
+    """What one label of a noisy arm costs, in words: "1 s each", "3 reads at 1 s = 3 s per exam label"
+    (recorded readers are radiologists, each read priced as an exam label)."""
+    n = noise.parse(_text(label_noise))
+    parts = []
+    for kind in noise.KINDS:
+        if not n.touches(kind):
+            continue
+        per_read = cost.seconds_per_exam_label if (kind == "exam" and n.readers) else cost.seconds_per_noisy_label
+        k = n.reads(kind)
+        parts.append(f"{per_read:g} s each" if k == 1 and not n.readers else
+                     f"{k} read{'s' if k > 1 else ''} at {per_read:g} s = {k * per_read:g} s per {kind} label")
+    return "; ".join(parts)
 
 
 def _finite(*values) -> bool:
@@ -415,8 +432,7 @@ def choice_effects(aggregate: pd.DataFrame, cost: CostModel, target_auc: float, 
             continue
         choice = []
         if first["_noise"]:
-            choice.append(f"noisy labels ({noise.parse(first['_noise']).words()}, "
-                          f"{cost.seconds_per_noisy_label:g} s each)")
+            choice.append(f"noisy labels ({noise.parse(first['_noise']).words()}, {_price_words(cost, first['_noise'])})")
         if first["_strategy"] == "attention":
             choice.append(f"slices pre-selected by a weak guide's attention and confirmed "
                           f"({cost.seconds_per_confirmed_slice:g} s each, plus {float(first.get('guide_labels', 0)):,.0f} "

@@ -233,6 +233,15 @@ def comparison_sentence(r: dict, name_a: str = "A", name_b: str = "B") -> str:
     return (f"{shared}, {name_a} reaches AUC {f(r['auc_a'])} and {name_b} {f(r['auc_b'])}: {diff}; {verdict}.")
 
 
+def _how_read(n) -> str:
+    """How a noise model's labels were made, in a few words."""
+    if n.readers:
+        return "the readers' recorded reads of its bought exams"
+    if any(n.reads(k) > 1 for k in noise.KINDS if n.touches(k)):
+        return "each read flips exactly that share of its bought labels, and the majority is seen"
+    return "exactly that share of its bought labels flipped"
+
+
 def noise_note(cells: pd.DataFrame) -> str:
     """One plain sentence per noisy arm of a study (``label_noise``), or "" when every arm bought clean labels."""
     if "label_noise" not in cells.columns:
@@ -241,8 +250,8 @@ def noise_note(cells: pd.DataFrame) -> str:
     noisy = [(a, noise.parse(n)) for a, n in zip(arms["arm"], arms["label_noise"]) if isinstance(n, str) and n]
     if not noisy:
         return ""
-    return ("Label noise: " + "; ".join(f"{a} trained on {n.words()} (exactly that share of its bought labels "
-                                         "flipped, validation included)" for a, n in noisy)
+    return ("Label noise: " + "; ".join(f"{a} trained on {n.words()} ({_how_read(n)}, validation included)"
+                                         for a, n in noisy)
             + ". Every arm is tested against the clean labels.")
 
 

@@ -236,8 +236,10 @@ class DatasetWriter:
             slice_subtypes: (S, 5) 0/1 in ``labels.SUBTYPES`` order.
             mask: (S, H, W) subtype codes 0..5, or None.
             pixel_spacing_mm: in-plane spacing of the *original* pixels.
+            reads: recorded readers' exam reads, ``{"R1": 0/1/None, ...}`` (CQ500), kept as ``read_R1``, ...
         """
         check_exam_id(exam_id)
+        reads = _check_reads(exam_id, reads)
         if exam_id in self._ids:
             raise ValueError(f"exam_id {exam_id!r} was added twice; exam ids must be unique within a dataset")
         hu = np.asarray(hu)
@@ -284,7 +286,7 @@ class DatasetWriter:
             exam_id=exam_id, patient_key=str(patient_key), source=self.source, n_slices=n,
             label=label, subtypes=subtypes, slice_labels=slice_labels, slice_subtypes=slice_subtypes,
             has_mask=mask is not None, lesion_pixels=lesion_pixels,
-            slice_thickness_mm=slice_thickness_mm, pixel_spacing_mm=pixel_spacing_mm, reads=_check_reads(exam_id, reads),
+            slice_thickness_mm=slice_thickness_mm, pixel_spacing_mm=pixel_spacing_mm, reads=reads,
         ))
 
     def close(self) -> None:

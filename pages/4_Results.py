@@ -60,7 +60,8 @@ with st.sidebar:
         seconds_per_noisy_label=st.number_input(
             "Seconds per noisy label", 0.0, 3600.0, 1.0, key="results_noisy_s",
             help="A label from a cheaper, fallible source (e.g. mined from the report by a script): the price of "
-                 "every label in a study arm trained with label noise"),
+                 "every label in a study arm trained with label noise (a majority of 3 reads pays 3 such reads; "
+                 "recorded readers such as CQ500's R1 are radiologists, each read priced as an exam label)"),
         seconds_per_confirmed_slice=st.number_input(
             "Seconds per confirmed slice", 0.0, 600.0, 2.0, key="results_confirm_s",
             help="A slice a weak learner pre-selected, which the reader only confirms (the attention strategy); "

@@ -240,6 +240,10 @@ def test_the_noise_note_names_each_noisy_arm_in_words():
     assert "weak-exam-sens90-spec97 trained on exam labels 90% sensitive, 97% specific" in note
     assert "clean labels" in note and "nan" not in note
     assert noise_note(cells.iloc[[0]]) == "" and noise_note(cells.drop(columns="label_noise")) == ""
+    more = pd.DataFrame({"arm": ["weak-exam-sens80-spec80-x3", "weak-exam-R1"], "label_noise": ["exam=0.8/0.8x3", "exam=R1"]})
+    note = noise_note(more)
+    assert "the majority of 3 reads, each 80% sensitive, 80% specific (each read flips exactly" in note
+    assert "weak-exam-R1 trained on exam labels as reader R1 read them (the readers' recorded reads" in note
 
 
 def test_a_run_on_recorded_readers_trains_on_that_readers_reads(easy, tmp_path):

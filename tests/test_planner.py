@@ -175,6 +175,17 @@ def test_noisy_labels_are_priced_at_their_source_and_the_choice_is_checked_by_ha
     assert CostModel().hours("weak", 100, None, "exam=R1") == pytest.approx(100 * 60 / 3600)
     assert CostModel().hours("weak", 100, None, "exam=R1+R2+R3") == pytest.approx(100 * 3 * 60 / 3600)
     assert CostModel().hours("strong", 100, None, "slice=0.9/0.9x5") == pytest.approx(100 * 5 * 1 / 3600)
+    rows = [("weak", "weak", "", 96, 0.90), ("weak-exam-sens80-spec80-x3", "weak", "exam=0.8/0.8x3", 96, 0.91),
+            ("weak-exam-R1-R2-R3", "weak", "exam=R1+R2+R3", 48, 0.92)]
+    agg = pd.DataFrame(rows, columns=["arm", "supervision", "label_noise", "budget", "exam_auc"])
+    agg["slice_fraction"], agg["acquisition"] = float("nan"), "random"
+    lines = {l.split(" ")[0]: l for l in choice_effects(agg, CostModel(), 0.90)}
+    assert "3 reads at 1 s = 3 s per exam label" in lines["weak-exam-sens80-spec80-x3"]
+    assert "saves 304 USD" in lines["weak-exam-sens80-spec80-x3"]           # 96 x 3 s = 288 s = 16 USD vs 320
+    assert "3 reads at 60 s = 180 s per exam label" in lines["weak-exam-R1-R2-R3"]
+    assert "costs 160 USD more" in lines["weak-exam-R1-R2-R3"]              # 48 x 180 s = 480 USD against 320 USD
+    plan = cheapest_plan(agg.iloc[[2]], CostModel(), 0.90)
+    assert "exam labels from recorded readers (exam labels: the majority of readers R1, R2, R3)" in plan.sentence()
 
 
 def test_each_buying_choice_says_how_much_it_moved_the_cost_checked_by_hand():

@@ -21,7 +21,7 @@ def add_cost_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"annotator seconds per slice label (default {d.seconds_per_slice_label:g})")
     p.add_argument("--seconds-per-noisy-label", type=float, default=d.seconds_per_noisy_label,
                    help=f"seconds per label of a noisy source, e.g. mined from reports (default "
-                        f"{d.seconds_per_noisy_label:g}; arms with --label-noise)")
+                        f"{d.seconds_per_noisy_label:g}; arms with --label-noise; a majority of K reads pays K)")
     p.add_argument("--seconds-per-confirmed-slice", type=float, default=d.seconds_per_confirmed_slice,
                    help=f"seconds to confirm a slice a weak guide pre-selected (default "
                         f"{d.seconds_per_confirmed_slice:g}; arms with --acquisition attention)")
