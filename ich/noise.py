@@ -85,42 +85,35 @@ class LabelNoise:
     def clean(self) -> bool:
         return not any(self.touches(k) for k in KINDS)
 
+    def _sources(self) -> list[tuple[str, tuple[str, ...], float, float, int]]:
+        """(kind, recorded readers, sensitivity, specificity, reads) of each kind the model touches."""
+        return [(k, self.readers if k == "exam" else (), *getattr(self, k), self.reads(k))
+                for k in KINDS if self.touches(k)]
+
     @property
     def spec(self) -> str:
         """The spec string (``parse(noise.spec) == noise``); "" when clean."""
-        parts = []
-        for k in KINDS:
-            if k == "exam" and self.readers:
-                parts.append("exam=" + "+".join(self.readers))
-            elif self.touches(k):
-                (s, p), n = getattr(self, k), self.reads(k)
-                parts.append(f"{k}={_num(s)}/{_num(p)}" + (f"x{n}" if n > 1 else ""))
-        return ",".join(parts)
+        return ",".join(f"{k}=" + ("+".join(readers) if readers else f"{_num(s)}/{_num(p)}" + (f"x{n}" if n > 1 else ""))
+                        for k, readers, s, p, n in self._sources())
 
     @property
     def tag(self) -> str:
         """A short name for arm and folder names: "" when clean, else e.g. "exam-sens90-spec97" (or "-x3",
         "exam-R1-R2-R3")."""
-        parts = []
-        for k in KINDS:
-            if k == "exam" and self.readers:
-                parts.append("exam-" + "-".join(self.readers))
-            elif self.touches(k):
-                (s, p), n = getattr(self, k), self.reads(k)
-                parts.append(f"{k}-sens{_pct(s)}-spec{_pct(p)}" + (f"-x{n}" if n > 1 else ""))
-        return "-".join(parts)
+        return "-".join(f"{k}-" + ("-".join(readers) if readers else f"sens{_pct(s)}-spec{_pct(p)}" +
+                                   (f"-x{n}" if n > 1 else ""))
+                        for k, readers, s, p, n in self._sources())
 
     def words(self) -> str:
         """Plain words, e.g. "exam labels 90% sensitive, 97% specific" or "clean labels"."""
         parts = []
-        for k in KINDS:
-            if k == "exam" and self.readers:
-                parts.append(f"exam labels as reader {self.readers[0]} read them" if len(self.readers) == 1 else
-                             f"exam labels: the majority of readers {', '.join(self.readers)}")
-            elif self.touches(k):
-                (s, p), n = getattr(self, k), self.reads(k)
-                parts.append(f"{k} labels {_pct(s)}% sensitive, {_pct(p)}% specific" if n == 1 else
-                             f"{k} labels: the majority of {n} reads, each {_pct(s)}% sensitive, {_pct(p)}% specific")
+        for k, readers, s, p, n in self._sources():
+            if readers:
+                parts.append(f"exam labels as reader {readers[0]} read them" if len(readers) == 1 else
+                             f"exam labels: the majority of readers {', '.join(readers)}")
+            else:
+                rates = f"{_pct(s)}% sensitive, {_pct(p)}% specific"
+                parts.append(f"{k} labels {rates}" if n == 1 else f"{k} labels: the majority of {n} reads, each {rates}")
         return "; ".join(parts) if parts else "clean labels"
 
 
