@@ -85,8 +85,8 @@ class CostModel:
         attention-guided slices at the confirmation price plus ``guide_exams`` exam labels (module docstring)."""
         n = noise.parse(_text(label_noise))
         exams, slices = self.label_counts(supervision, budget, slice_fraction)
-        exam_s = (self.seconds_per_exam_label if n.readers else self.seconds_per_noisy_label if n.touches("exam")
-                  else self.seconds_per_exam_label) * n.reads("exam")
+        simulated = n.touches("exam") and not n.readers          # recorded readers are radiologists: exam price
+        exam_s = (self.seconds_per_noisy_label if simulated else self.seconds_per_exam_label) * n.reads("exam")
         slice_s = (self.seconds_per_noisy_label if n.touches("slice") else self.seconds_per_slice_label) * n.reads("slice")
         if acquisition == "attention":
             slice_s = self.seconds_per_confirmed_slice
