@@ -42,7 +42,7 @@ def run(args) -> int:
         return 0 if at.plan or at.fitted else 1
     print(f"target {args.metric} {args.target:g} (criterion {args.criterion}); cost: "
           f"{cost.seconds_per_exam_label:g} s/exam label, {cost.seconds_per_slice_label:g} s/slice label, "
-          f"{cost.seconds_per_noisy_label:g} s/noisy label, {cost.seconds_per_confirmed_slice:g} s/confirmed slice, "
+          f"{cost.seconds_per_noisy_label:g} s/noisy read, {cost.seconds_per_confirmed_slice:g} s/confirmed slice, "
           f"{cost.hourly_rate:g} {cost.currency}/h")
     if at.plan:
         print("cheapest observed plan: " + at.plan.sentence().replace("**", ""))
