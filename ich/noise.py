@@ -15,7 +15,7 @@ string (``parse`` / ``LabelNoise.spec``)::
 
 A simulated read flips exact counts, each read with a stream of its own; "one reader" against "the
 majority of three" at three times the reads is then a study of two arms (README). Recorded readers
-are the dataset's own reads (``store.read_columns``; CQ500's ``reads.csv``), so no rate is assumed.
+are the dataset's own reads (``labels.read_columns``; CQ500's ``reads.csv``), so no rate is assumed.
 
 ``apply`` flips an *exact* number of the bought labels, not a random number: of the n positive
 labels of a kind, round(n x (1 - sensitivity)) come back negative, chosen with a seeded
@@ -32,17 +32,17 @@ reference protocol does.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from ich.labels import READ_PREFIX, READER_NAME, read_columns
+
 KINDS = ("exam", "slice")
 
 
 MAX_READS = 9
-READER = re.compile(r"^R[0-9]{1,2}$")
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def parse(spec: str) -> LabelNoise:
         if kind in found or (kind == "exam" and "readers" in fields):
             raise ValueError(f"label noise {spec!r} names {kind} labels twice; give each kind once")
         names = rates.split("+")
-        if sep and kind in KINDS and all(READER.match(n.strip()) for n in names):
+        if sep and kind in KINDS and all(READER_NAME.match(n.strip()) for n in names):
             fields["readers"] = _readers(spec, kind, [n.strip() for n in names])
             continue
         rates, x, reads = rates.partition("x")
@@ -215,10 +215,10 @@ def recorded_reads(exams: pd.DataFrame, exam_ids, readers: tuple[str, ...]) -> n
     Raises:
         ValueError: the dataset has no such reader, or a bought exam was not read by all of them.
     """
-    cols = [f"read_{r}" for r in readers]
+    cols = [READ_PREFIX + r for r in readers]
     missing = [c for c in cols if c not in exams.columns]
     if missing:
-        have = [c[5:] for c in exams.columns if c.startswith("read_")]
+        have = read_columns(exams.columns)
         raise ValueError(f"label noise exam={'+'.join(readers)} needs the recorded reads {missing} in the dataset's "
                          f"exams table; it has {'readers ' + ', '.join(have) if have else 'no recorded reader'}. "
                          "Import CQ500 with its reads.csv (python -m ich import cq500), or simulate a reader with "

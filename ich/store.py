@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ich.labels import SPLITS, SUBTYPES
+from ich.labels import READ_PREFIX, READER_NAME, SPLITS, SUBTYPES, read_columns
 from ich.paths import check_out_folder
 from ich.preprocess import HU_MAX, HU_MIN, resize, to_int16_hu
 
@@ -133,22 +133,12 @@ class ExamRecord:
     reads: dict[str, float | None] | None = None   # each recorded reader's exam read, {"R1": 0/1/None, ...}
 
 
-READER_NAME = re.compile(r"^R[0-9]{1,2}$")      # recorded readers: R1, R2, ... (CQ500's three)
-READ_PREFIX = "read_"                            # exams.parquet column of a reader's exam read: read_R1, ...
-
-
-def read_columns(exams: pd.DataFrame) -> list[str]:
-    """The recorded readers of a dataset's exams table (``["R1", "R2", "R3"]`` for CQ500; ``[]`` for most)."""
-    return [c[len(READ_PREFIX):] for c in exams.columns if c.startswith(READ_PREFIX)]
-
-
 def recorded_readers(path: str | os.PathLike) -> list[str]:
     """The recorded readers of a dataset folder, from its exams table's column names only (no rows read)."""
     import pyarrow.parquet as pq
 
     p = Path(path) / EXAMS_FILE
-    names = pq.read_schema(p).names if p.is_file() else []
-    return [c[len(READ_PREFIX):] for c in names if c.startswith(READ_PREFIX)]
+    return read_columns(pq.read_schema(p).names) if p.is_file() else []
 
 
 def _check_reads(exam_id: str, reads) -> dict[str, float | None] | None:

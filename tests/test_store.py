@@ -51,14 +51,15 @@ def test_a_dataset_appears_whole_or_not_at_all(tmp_path):
 
 
 def test_recorded_readers_are_kept_as_read_columns_and_checked(tmp_path):
-    from ich.store import read_columns, recorded_readers
+    from ich.labels import read_columns
+    from ich.store import recorded_readers
 
     hu = np.full((3, 32, 32), 30.0, np.float32)
     with DatasetWriter(tmp_path / "r", source="folder", size=16) as w:
         w.add_exam("E1", patient_key="P1", hu=hu, label=1.0, reads={"R1": 1, "R2": 0, "R10": 1})
         w.add_exam("E2", patient_key="P2", hu=hu, label=0.0, reads={"R1": 0, "R2": None})
     ex = open_dataset(tmp_path / "r").exams.set_index("exam_id")
-    assert read_columns(ex) == ["R1", "R2", "R10"] == recorded_readers(tmp_path / "r")    # numeric order
+    assert read_columns(ex.columns) == ["R1", "R2", "R10"] == recorded_readers(tmp_path / "r")    # numeric order
     assert ex["read_R1"].tolist() == [1, 0] and pd.isna(ex.loc["E2", "read_R2"]) and pd.isna(ex.loc["E2", "read_R10"])
     with DatasetWriter(tmp_path / "plain", source="folder", size=16) as w:
         w.add_exam("E1", patient_key="P1", hu=hu, label=1.0)
