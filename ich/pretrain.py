@@ -48,31 +48,12 @@ no longer used to choose anything. Keeping the BatchNorm statistics of the train
 recomputing them on whole slices after ``local`` training dropped a linear probe's slice AUC from 0.75
 to 0.63 (measured on the phantom now called ``--difficulty hard``).
 
-A cheaper schedule, 9 epochs of 64 slices (~950 steps) instead of the default 30 of 128 (~1,580 steps; used
-for the table above), was measured for issue 14 ("3x cheaper at equal quality") on validation AUC only: phantom seeds 0 and
-100 (300 exams, 128 px), each candidate's encoder under the quick recipe at 48 labels (``study --preset
-quick --budgets 48 --seeds 3 --pixel-slices 0 --init ENCODER``), each cell's selected model scored on the
-val split, which paid validation never reads (fit records no validation AUC for the strong learner at 48
-labels, and the weak one's 12-13 held-out exams mostly give 1.0). Cost: s/step measured back to back (1
-thread, candidates interleaved, 2 repeats) x steps, and crop pixels. 2026-12-02, 2 shared cores, load
-1.6-7; mean val exam AUC over seeds 0-2 per arm, and over all 12 cells::
-
-    candidate                     cost  pixels  seed 0: weak strong   seed 100: weak strong   12 cells
-    30 ep x 128, 48 px (former)  1.00x  1.00x         0.931  0.923              0.982  0.941     0.944
-    10 ep x 64, 48 px            3.06x  3.00x         0.954  0.931              0.967  0.927     0.945
-     9 ep x 64, 48 px            3.22x  3.33x         0.935  0.906              0.960  0.938     0.935
-    20 ep x 64, 32 px            1.90x  3.38x             -      -              0.950  0.838         -
-    25 ep x 128, 28 px           1.74x  3.53x             -      -              0.965  0.882         -
-    30 ep, 27 at half size       2.62x  3.08x             -      -              0.829  0.832         -
-
-Whole runs back to back (seed 100, 1 thread): 30 x 128 took 207-212 s, 10 x 64 70-74 s (2.8-3.0x: not
-3x), 9 x 64 62 s (3.3-3.4x): the one candidate measured both 3x cheaper and within 0.01 on the 12-cell
-mean (-0.009, at the edge; per phantom -0.006 and -0.012). Not the default yet: README's tables were
-measured on 30 x 128, and so close a margin needs more pretraining seeds (``--epochs 9 --batch-size 64``). A second pretraining seed of 30 x 128 moved
-seed 100's mean by +0.009, so 3 seeds resolve about 0.01, no better. Smaller crops run at half the rate
-their pixels promise and cost the strong learner 0.06-0.10; half-size slices (a since-removed
-``low_res_epochs``) cost 0.13-0.16. Halving the batch keeps 60% of the steps; 10 epochs of 128 (a
-third) had lost 0.045 (BENCHMARKS.md, first run).
+Cost (issue 14, BENCHMARKS.md "Pretraining cost"): drawing the crop centres by inverting a cumulative
+sum (``_draw_index``) instead of ``torch.multinomial`` made whole runs 1.3x faster at the same
+distribution (2026-12-04: 30 x 128 on phantom seed 100, 290 s -> 221 s); the forward and backward
+passes are now about 80% of a step. Cheaper schedules (9 or 10 epochs of 64 slices: 2.8-3.3x) stayed
+within 0.01 of validation AUC in one measurement and 0.014 below it in another, inside the spread
+that the pretraining draw alone gives (0.01-0.02 per phantom), so the default stays 30 epochs of 128.
 
 Augmentations are CT-specific and batched in torch (``augment_views``): window level/width
 jitter and Gaussian noise in HU, then one affine per view (crop-and-resize, rotation, left-right
@@ -317,6 +298,18 @@ def augment_views(hu: Tensor, cfg: PretrainConfig, g: torch.Generator, *, local_
     return _affine_views(x, g, area=area, rotation_deg=cfg.rotation_deg, flip=cfg.flip, out_size=x.shape[-1])
 
 
+def _draw_index(weight: Tensor, g: torch.Generator) -> Tensor:
+    """One index per row of non-negative weights (N, M), drawn with probability proportional to the weight: (N,).
+
+    The same distribution as ``torch.multinomial(weight, 1)``, drawn by inverting each row's
+    cumulative sum (float64, so a 1e-6 fallback weight is not lost beside thousands of ones).
+    ``multinomial`` spent a third of every pretraining step in its exponential draws (issue 14).
+    """
+    cdf = weight.double().cumsum(1)                                               # (N, M)
+    u = torch.rand(weight.shape[0], 1, generator=g, dtype=torch.float64) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max(weight.shape[1] - 1)
+
+
 def _local_corners(hu: Tensor, cfg: PretrainConfig, g: torch.Generator) -> tuple[Tensor, Tensor]:
     """Top-left corners (N, 2) of the two views' local crops of (N, h, w) HU slices.
 
@@ -328,7 +321,7 @@ def _local_corners(hu: Tensor, cfg: PretrainConfig, g: torch.Generator) -> tuple
     hi = size - k
     tissue = ((hu >= TISSUE_HU[0]) & (hu <= TISSUE_HU[1])).view(n, -1).float()    # (N, h*w)
     weight = tissue + 1e-6                                                        # uniform fallback
-    centre = torch.multinomial(weight, 1, generator=g).squeeze(1)                 # (N,) flat pixel index
+    centre = _draw_index(weight, g)                                               # (N,) flat pixel index
     base = torch.stack([centre // size, centre % size], 1) - k // 2                # (N, 2)
     a = (base + torch.randint(-j, j + 1, (n, 2), generator=g)).clamp(0, hi)
     b = (base + torch.randint(-j, j + 1, (n, 2), generator=g)).clamp(0, hi)
@@ -408,7 +401,7 @@ def _foreign_patches(x: Tensor, cfg: PretrainConfig, g: torch.Generator) -> tupl
     ry = (lo + (hi - lo) * u[:, 1]) / 2
     rx = (lo + (hi - lo) * u[:, 2]) / 2
     inside = ((x[:, 0] > 0) & (x[:, 0] < 1)).view(n, -1).float() + 1e-6  # brain-window tissue, else anywhere
-    centre = torch.multinomial(inside, 1, generator=g).squeeze(1)
+    centre = _draw_index(inside, g)
     cy, cx = (centre // w).float(), (centre % w).float()                  # where the patch goes
     sy, sx = u[:, 5] * h, u[:, 6] * w                                    # where it comes from
     alpha = (0.3 + 0.7 * u[:, 7]) * has

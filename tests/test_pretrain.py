@@ -80,6 +80,24 @@ def test_foreign_patches_edit_about_half_the_slices():
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 
 
+
+def test_local_crop_centres_follow_the_tissue_weights():
+    from ich.pretrain import _draw_index
+
+    g = torch.Generator().manual_seed(0)
+    weight = torch.zeros(4000, 6)
+    weight[:, 1], weight[:, 4] = 1.0, 3.0                       # zero weight is never drawn
+    weight[:5] = torch.tensor([1e-6, 0, 0, 0, 0, 1e-6])         # the tiny fallback still works alone
+    idx = _draw_index(weight, g)
+    assert idx.shape == (4000,) and set(idx[:5].tolist()) <= {0, 5}
+    counts = torch.bincount(idx[5:], minlength=6)
+    assert counts[[0, 2, 3, 5]].sum() == 0
+    share = counts[4].item() / counts.sum().item()              # expected 0.75; sd 0.007 for n=3995
+    assert abs(share - 0.75) < 0.03
+    ones = torch.ones(3, 128 * 128)                             # every pixel reachable, last included
+    ones[:, :-1] = 0
+    assert _draw_index(ones, g).tolist() == [128 * 128 - 1] * 3
+
 # ------------------------------------------------------------------------------ no labels
 def test_pretrain_reads_no_labels(tiny_dataset, tmp_path, monkeypatch):
     """Labels cannot influence pretraining: removing every label column and mask gives the same weights."""
