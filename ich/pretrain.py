@@ -48,12 +48,13 @@ no longer used to choose anything. Keeping the BatchNorm statistics of the train
 recomputing them on whole slices after ``local`` training dropped a linear probe's slice AUC from 0.75
 to 0.63 (measured on the phantom now called ``--difficulty hard``).
 
-Cost (issue 14, BENCHMARKS.md "Pretraining cost"): drawing the crop centres by inverting a cumulative
-sum (``_draw_index``) instead of ``torch.multinomial`` made whole runs 1.3x faster at the same
-distribution (2026-12-04: 30 x 128 on phantom seed 100, 290 s -> 221 s); the forward and backward
-passes are now about 80% of a step. Cheaper schedules (9 or 10 epochs of 64 slices: 2.8-3.3x) stayed
-within 0.01 of validation AUC in one measurement and 0.014 below it in another, inside the spread
-that the pretraining draw alone gives (0.01-0.02 per phantom), so the default stays 30 epochs of 128.
+Cost (issue 14; BENCHMARKS.md, "Where the pretraining time goes" and "Cheaper pretraining"):
+drawing the crop centres by inverting a cumulative sum (``_draw_index``) instead of
+``torch.multinomial`` made whole runs 1.3x faster at the same distribution (2026-12-04: 30 x 128 on
+phantom seed 100, 290 s -> 221 s); the forward and backward passes are now about 80% of a step.
+Cheaper schedules (9 or 10 epochs of 64 slices: 2.8-3.3x) stayed within 0.01 of validation AUC in
+one measurement and 0.014 below it in another, inside the spread that the pretraining draw alone
+gives (0.01-0.02 per phantom), so the default stays 30 epochs of 128.
 
 Augmentations are CT-specific and batched in torch (``augment_views``): window level/width
 jitter and Gaussian noise in HU, then one affine per view (crop-and-resize, rotation, left-right

@@ -80,7 +80,6 @@ def test_foreign_patches_edit_about_half_the_slices():
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 
 
-
 def test_local_crop_centres_follow_the_tissue_weights():
     from ich.pretrain import _draw_index
 
@@ -97,6 +96,7 @@ def test_local_crop_centres_follow_the_tissue_weights():
     ones = torch.ones(3, 128 * 128)                             # every pixel reachable, last included
     ones[:, :-1] = 0
     assert _draw_index(ones, g).tolist() == [128 * 128 - 1] * 3
+
 
 # ------------------------------------------------------------------------------ no labels
 def test_pretrain_reads_no_labels(tiny_dataset, tmp_path, monkeypatch):
