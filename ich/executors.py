@@ -95,8 +95,10 @@ def plan_workers(workers: int | None, n_tasks: int, *, cores: int | None = None,
 
 
 # ------------------------------------------------------------------------------ local pool
-def _init_worker(threads: int, gpus: list[str], counter, warm: bool) -> None:
-    """Pool initializer: pin a GPU and set thread counts before torch is imported, then warm the imports."""
+def _init_worker(parent: int, threads: int, gpus: list[str], counter, warm: bool) -> None:
+    """Pool initializer: pin a GPU and set thread counts before torch is imported, then warm the imports.
+
+    ``parent`` is the pid of the process that created the pool (see ``_die_with_parent``)."""
     with counter.get_lock():
         index = counter.value
         counter.value += 1
@@ -104,7 +106,7 @@ def _init_worker(threads: int, gpus: list[str], counter, warm: bool) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)          # read by torch when it is imported
-    _die_with_parent()
+    _die_with_parent(parent)
     if warm:
         import torch
 
@@ -112,16 +114,20 @@ def _init_worker(threads: int, gpus: list[str], counter, warm: bool) -> None:
         warm_imports()
 
 
-def _die_with_parent(poll_s: float = 1.0) -> None:
-    """End this pool worker when the study's process dies (even by kill -9), so no orphan keeps its memory.
+def _die_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """End this pool worker when the study's process ``parent`` dies (even by kill -9), so no orphan keeps
+    its memory.
 
-    A daemon thread exits the worker within ``poll_s`` once its parent pid changes (it was re-parented).
-    (Not ``PR_SET_PDEATHSIG``: it fires when the *thread* that started the worker ends, which need not be
-    the study's main thread.)
+    A daemon thread exits the worker within ``poll_s`` once its parent pid is not ``parent`` (it was
+    re-parented). The pid comes from the pool's creator, not from ``os.getppid()`` here: a worker still
+    starting up when the study was killed (slow imports on a busy machine) is already re-parented when
+    this runs, and would otherwise wait for tasks forever. (Not ``PR_SET_PDEATHSIG``: it fires when the
+    *thread* that started the worker ends, which need not be the study's main thread.)
     """
     import threading
 
-    parent = os.getppid()
+    if os.getppid() != parent:
+        os._exit(1)
 
     def watch() -> None:
         while True:
@@ -180,7 +186,7 @@ class LocalExecutor:
         ctx = mp.get_context("spawn")
         counter = ctx.Value("i", 0)
         self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_init_worker,
-                                         initargs=(self.threads, self.gpus, counter, self.warm))
+                                         initargs=(os.getpid(), self.threads, self.gpus, counter, self.warm))
         for _ in range(self.workers):      # spawning is on demand: one submission per worker starts them all
             self._pool.submit(_noop)
 

@@ -96,8 +96,10 @@ def test_inline_executor():
     assert out[0][1]["y"] == 2 and "three is bad" in out[1][2]
 
 
-def test_pool_workers_die_with_their_parent(tmp_path):
-    """A study killed with kill -9 leaves no pool worker behind (each holds ~1 GB of torch)."""
+@pytest.mark.parametrize("settle_s", [1.0, 0.0])
+def test_pool_workers_die_with_their_parent(tmp_path, settle_s):
+    """A study killed with kill -9 leaves no pool worker behind (each holds ~1 GB of torch), also when it is
+    killed at once, while its workers are still starting (they were re-parented before their watch began)."""
     import signal
     import subprocess
     import sys
@@ -109,7 +111,7 @@ def test_pool_workers_die_with_their_parent(tmp_path):
         "from ich.executors import make_executor\n"
         "pool = make_executor('local', workers=2, n_tasks=2)\n"
         "pool.start()\n"
-        "time.sleep(1)\n"
+        f"time.sleep({settle_s})\n"
         "kids = [p.name for p in __import__('pathlib').Path('/proc').iterdir() if p.name.isdigit()\n"
         "        and open(f'/proc/{p.name}/stat').read().rsplit(')', 1)[1].split()[1] == str(os.getpid())]\n"
         "open(sys.argv[1], 'w').write(' '.join(kids))\n"
