@@ -56,6 +56,11 @@ Cheaper schedules (9 or 10 epochs of 64 slices: 2.8-3.3x) stayed within 0.01 of 
 one measurement and 0.014 below it in another, inside the spread that the pretraining draw alone
 gives (0.01-0.02 per phantom), so the default stays 30 epochs of 128.
 
+Precision is fp32 unless asked otherwise: ``auto`` (bf16 on CPUs with native bf16) once was the
+default, so the same command pretrained another encoder on another CPU. Measured on 2026-12-04
+(README, *Learning from few labels*), a bf16 encoder moves the quick study's means by 0.01-0.04,
+about what a second fp32 pretraining draw does.
+
 Augmentations are CT-specific and batched in torch (``augment_views``): window level/width
 jitter and Gaussian noise in HU, then one affine per view (crop-and-resize, rotation, left-right
 flip) via ``affine_grid``/``grid_sample``. Everything random derives from ``(seed, epoch)``, so a
@@ -82,6 +87,7 @@ from torch import Tensor, nn
 
 from ich import atomic
 from ich.config import ENCODER_NAMES, WINDOW_NAMES, JsonConfig, check_number, check_choice, reject_unknown_keys
+from ich.device import resolve_precision
 from ich.labels import WINDOWS
 from ich.models import build_encoder, save_encoder, state_checksum
 from ich.preprocess import resize
@@ -132,7 +138,8 @@ class PretrainConfig(JsonConfig):
     masked_weight: float = 4.0                # masked: loss weight of masked pixels vs visible ones
     max_slices: int | None = 20000            # slice pool held in memory (seeded subset when larger)
     seed: int = 0
-    precision: str = "auto"                   # auto: bf16 where the CPU supports it | fp32 | bf16
+    precision: str = "fp32"                   # fp32 (the same encoder on every CPU) | bf16 | auto (bf16 where
+                                              # the CPU has it natively: faster, but the encoder depends on the CPU)
     threads: int | None = None                # torch CPU threads; None = torch's default
 
     def __post_init__(self):
@@ -434,16 +441,6 @@ def _block_mask(n: int, size: int, patch: int, ratio: float, g: torch.Generator)
 
 
 # ------------------------------------------------------------------------------ training
-def _resolve_precision(precision: str) -> str:
-    if precision != "auto":
-        return precision
-    try:
-        ok = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    except (AttributeError, RuntimeError):
-        ok = False
-    return "bf16" if ok else "fp32"
-
-
 def _lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -554,7 +551,7 @@ def pretrain(dataset, out: str | os.PathLike, cfg: PretrainConfig | None = None,
         for p in (out, spath):
             p.unlink(missing_ok=True)
 
-    precision = _resolve_precision(cfg.precision)
+    precision = resolve_precision(cfg.precision, torch.device("cpu"))   # pretraining runs on the CPU
     old_threads = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)

@@ -165,3 +165,44 @@ def test_changed_settings_keep_only_what_differs_from_the_recipe():
     assert recipe.changed_settings({"train.steps_per_epoch": 64, "train.lr_factors": [0.3, 1.0, 3.0],
                                     "train.lr": 3e-4, "model.attention_activation": "sparsemax"}) == \
         {"train.lr": 3e-4, "model.attention_activation": "sparsemax"}
+
+
+def test_the_recipe_is_fp32_on_a_cpu_with_native_bf16(tiny_dataset, encoder, monkeypatch):
+    """Precision used to follow the CPU (bf16 where native): the same request must give the same numbers everywhere."""
+    import torch
+
+    from ich import device
+    from ich.pretrain import PretrainConfig
+
+    monkeypatch.setattr(device, "cpu_supports_bf16", lambda: True)
+    cpu = torch.device("cpu")
+    assert device.resolve_precision("auto", cpu) == "bf16"                 # the opt-in still follows the CPU
+    for sup in ("weak", "strong", "mixed"):
+        assert device.resolve_precision(recipe.run_config(str(tiny_dataset), supervision=sup, budget=24)
+                                        .train.precision, cpu) == "fp32"
+    assert device.resolve_precision(PretrainConfig().precision, cpu) == "fp32"
+    spec, _ = resolve_study(make_study("quick", dataset=str(tiny_dataset), init=str(encoder)))
+    assert {device.resolve_precision(cell_config(spec, c).train.precision, cpu) for c in plan_cells(spec)} == {"fp32"}
+
+
+@pytest.mark.parametrize("made, refused", [("bf16", True), ("fp32", False), (None, False)])
+def test_auto_init_refuses_an_encoder_pretrained_in_another_precision(tiny_dataset, tmp_path, made, refused):
+    import torch
+
+    from ich.models import build_encoder, save_encoder
+    from ich.study import default_encoder_path
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset, root / "datasets" / "tiny")
+    auto = default_encoder_path(root / "datasets" / "tiny")
+    auto.parent.mkdir(parents=True)
+    meta = {"windows": ["brain"], "input_size": 64, **({"precision": made} if made else {})}
+    torch.manual_seed(0)
+    save_encoder(auto, build_encoder("compact", in_channels=1, embed_dim=32, width=16), meta)
+    spec = make_study("quick", dataset=str(root / "datasets" / "tiny"))
+    if refused:
+        with pytest.raises(ValueError, match=r"pretrained in bf16, but today's recipe pretrains in fp32.*Delete"):
+            resolve_study(spec)
+    else:
+        resolved, info = resolve_study(spec)
+        assert resolved.init == str(auto) and info["pretrained_now"] is False
