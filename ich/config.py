@@ -261,7 +261,7 @@ class TrainConfig:
     bag_min_slices: int | None = 10         # weak bag augmentation: keep k ~ randint(min, S) slices; None = off
     augment: bool = False                   # torchio: flips, small affine, noise, gamma (one draw per bag)
     device: str = "auto"                    # auto (cuda if present) | cpu | cuda
-    precision: str = "fp32"                 # fp32 (the same numbers on every machine) | bf16 | fp16 (cuda) |
+    precision: str = "fp32"                 # fp32 (one recipe on every machine) | bf16 | fp16 (cuda) |
                                             # auto (bf16 where the hardware has it: faster, machine-dependent)
     threads: int | None = None              # torch CPU threads; None = torch's default
 

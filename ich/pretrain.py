@@ -138,7 +138,7 @@ class PretrainConfig(JsonConfig):
     masked_weight: float = 4.0                # masked: loss weight of masked pixels vs visible ones
     max_slices: int | None = 20000            # slice pool held in memory (seeded subset when larger)
     seed: int = 0
-    precision: str = "fp32"                   # fp32 (the same encoder on every CPU) | bf16 | auto (bf16 where
+    precision: str = "fp32"                   # fp32 (one recipe on every CPU) | bf16 | auto (bf16 where
                                               # the CPU has it natively: faster, but the encoder depends on the CPU)
     threads: int | None = None                # torch CPU threads; None = torch's default
 

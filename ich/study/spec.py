@@ -359,7 +359,7 @@ def check_auto_encoder(path: Path, cfg) -> None:
     if made is not None and made != wanted:
         raise ValueError(
             f"the study's encoder {path} was pretrained in {made}, but today's recipe pretrains in {wanted} "
-            "(the same encoder on every machine), so its answers would not match a study run elsewhere. "
+            "on every machine, so this study would not run the recipe that studies elsewhere run. "
             f"Delete {path} and {path}.state to pretrain it again (a few CPU-minutes), or pass --init {path} "
             "to use it on purpose.")
 
