@@ -59,16 +59,18 @@ def _tree_pss(pid: int) -> int:
 
 
 class PeakRSS:
-    """Samples the memory of this process tree in a thread: ``peak`` (RSS summed) and ``peak_pss``, in bytes."""
+    """Samples the memory of a process tree (default: this one) in a thread: ``peak`` (RSS summed) and
+    ``peak_pss``, in bytes."""
 
-    def __init__(self, interval: float = 0.25):
+    def __init__(self, interval: float = 0.25, pid: int | None = None):
         self.interval, self.peak, self.peak_pss = interval, 0, 0
+        self.pid = os.getpid() if pid is None else pid
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
-        self.peak = max(self.peak, _tree_rss(os.getpid()))
-        self.peak_pss = max(self.peak_pss, _tree_pss(os.getpid()))
+        self.peak = max(self.peak, _tree_rss(self.pid))
+        self.peak_pss = max(self.peak_pss, _tree_pss(self.pid))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -89,7 +91,7 @@ class PeakRSS:
 def bench_study(ctx: BenchContext) -> dict:
     """Wall time of the quick study preset, of the first point of each curve, per cell and per-cell overhead;
     peak RSS of the process tree."""
-    from ich.study import StudyConfig, make_study, read_events, read_progress, run_study
+    from ich.study import StudyConfig, make_study, read_events, read_progress
 
     dataset = ctx.store()
     if ctx.quick:
@@ -125,8 +127,7 @@ def bench_study(ctx: BenchContext) -> dict:
             said[0] = line
             ctx.say(line)
 
-    with PeakRSS() as rss:
-        run_study(spec, out, executor=executor, on_progress=on_progress)
+    rss = _run_study_process(spec, out, executor, ctx, on_progress)
     wall = time.perf_counter() - t0
     events = read_events(out)
     progress = read_progress(out)
@@ -154,9 +155,9 @@ def bench_study(ctx: BenchContext) -> dict:
                                 note="evaluate_run of a cell, incl. Grad-CAM pixel Dice (spread = over cells)"),
             "cell_overhead": figure([e["overhead_seconds"] for e in done], "s",
                                     note="cell seconds - train seconds - evaluation seconds (spread = over cells)"),
-            "peak_rss": figure([rss.peak / 2 ** 20], "MiB", note="this process (on CPU the cells run in its threads) "
-                               "and any worker processes, RSS summed (shared pages counted in every process), "
-                               "sampled every 0.25 s"),
+            "peak_rss": figure([rss.peak / 2 ** 20], "MiB", note="the `python -m ich study` process (on CPU the "
+                               "cells run in its threads) and any worker processes, RSS summed (shared pages "
+                               "counted in every process), sampled every 0.25 s"),
             "peak_pss": figure([rss.peak_pss / 2 ** 20], "MiB", note="the same tree's proportional set size: "
                                "shared pages (torch's libraries, the memory-mapped dataset) counted once")}
     for arm, t in first.items():
@@ -173,6 +174,33 @@ def bench_study(ctx: BenchContext) -> dict:
     return {"title": f"Study: the {'tiny (quick mode)' if ctx.quick else 'quick'} preset", "figures": figs,
             "goals": goals, "params": {"spec": spec.to_dict(), "executor": executor},
             "notes": [f"{len(failed)} cells failed: {failed[0].get('error')}"] if failed else []}
+
+
+def _run_study_process(spec, out: Path, executor: str, ctx: BenchContext, on_progress) -> PeakRSS:
+    """Run ``spec`` as a user does, ``python -m ich study ...`` in its own process (so the memory figure is
+    the study's own, not the bench process's after earlier benchmarks loaded their models); relay its
+    progress; return the sampled peak memory of its process tree. Raises RuntimeError with the log's tail."""
+    import subprocess
+    import sys
+
+    from ich.recipe import study_argv
+    from ich.study import read_progress
+
+    argv = [sys.executable, "-m", "ich", *study_argv(spec, out), "--executor", executor, "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(ctx.threads)}          # torch's thread count in the child
+    log = ctx.workdir / "study.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env)
+        with PeakRSS(pid=proc.pid) as rss:
+            while proc.poll() is None:
+                progress = read_progress(out)                          # {} until the study writes it
+                if progress:
+                    on_progress(progress)
+                time.sleep(1.0)
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"the study process exited with {proc.returncode}; the end of {log}:\n{tail}")
+    return rss
 
 
 def _few_label_figures(study: Path, ctx: BenchContext) -> tuple[dict, list]:
@@ -278,13 +306,14 @@ def bench_embed(ctx: BenchContext) -> dict:
     """Embedding every slice of the default dataset with the default (compact) encoder, cache cold."""
     import torch
 
+    from ich.config import TrainConfig
+    from ich.device import resolve_precision
     from ich.embed import embed_dataset
     from ich.models import build_encoder
-    from ich.device import resolve_precision
     from ich.store import open_dataset
 
     ds = open_dataset(ctx.store())
-    precision = resolve_precision("auto", torch.device("cpu"))
+    precision = resolve_precision(TrainConfig().precision, torch.device("cpu"))   # what a study cell embeds in
     torch.manual_seed(0)
     enc = build_encoder("compact", width=8 if ctx.quick else 32, embed_dim=16 if ctx.quick else 128)
     meta = {"windows": ["brain"], "input_size": ds.size}
