@@ -342,20 +342,21 @@ def check_budgets(spec: StudyConfig) -> None:
             raise ValueError(f"study arm {arm!r} cannot buy its largest budget on {ds.name}: {err}") from err
 
 
-def check_auto_encoder(path: Path, cfg) -> None:
-    """Refuse a reused ``init="auto"`` encoder pretrained in another precision than ``cfg`` resolves to here.
+def check_auto_encoder(path: Path, meta: dict) -> None:
+    """Refuse a reused ``init="auto"`` encoder (``meta``: its ``read_encoder_meta``) pretrained in another
+    precision than the auto recipe's pretraining resolves to here.
 
     Precision is the one pretraining setting that used to be picked by the machine (bf16 on CPUs
-    with native bf16, fp32 elsewhere), and the encoder it gives moves the study's answer (README,
-    *Learning from few labels*). Encoders without a recorded precision (made by hand) pass.
+    with native bf16, fp32 elsewhere), so one command named two recipes (README, *Learning from few
+    labels*). Encoders without a recorded precision (made by hand) pass.
     """
     import torch
 
     from ich.device import resolve_precision
-    from ich.models import read_encoder_meta
+    from ich.pretrain import PretrainConfig
 
-    made = read_encoder_meta(path).get("precision")
-    wanted = resolve_precision(cfg.precision, torch.device("cpu"))
+    made = meta.get("precision")
+    wanted = resolve_precision(PretrainConfig(**AUTO_PRETRAIN).precision, torch.device("cpu"))
     if made is not None and made != wanted:
         raise ValueError(
             f"the study's encoder {path} was pretrained in {made}, but today's recipe pretrains in {wanted} "
@@ -386,15 +387,15 @@ def resolve_study(spec: StudyConfig, *, on_progress: Callable[[dict], None] | No
         path = default_encoder_path(dataset)
         t0 = time.perf_counter()
         pretrained = False
-        from ich.config import make_config
-        from ich.pretrain import PretrainConfig, pretrain
-
-        run = make_config(dataset, preset=spec.preset, overrides=dict((k, _thaw(v)) for k, v in spec.overrides))
-        cfg = PretrainConfig(**AUTO_PRETRAIN, windows=run.data.windows, input_size=run.data.input_size,
-                             embed_dim=run.model.embed_dim, width=run.model.width, encoder="compact")
         if not path.is_file():
             import fcntl
 
+            from ich.config import make_config
+            from ich.pretrain import PretrainConfig, pretrain
+
+            run = make_config(dataset, preset=spec.preset, overrides=dict((k, _thaw(v)) for k, v in spec.overrides))
+            cfg = PretrainConfig(**AUTO_PRETRAIN, windows=run.data.windows, input_size=run.data.input_size,
+                                 embed_dim=run.model.embed_dim, width=run.model.width, encoder="compact")
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path.with_name(f".{path.name}.lock"), "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)       # two studies on one dataset pretrain once
@@ -402,8 +403,6 @@ def resolve_study(spec: StudyConfig, *, on_progress: Callable[[dict], None] | No
                     log.info("no encoder at %s; pretraining one without labels (%s)", path, AUTO_PRETRAIN)
                     pretrain(dataset, path, cfg, resume=True, on_progress=on_progress)
                     pretrained = True
-        if not pretrained:
-            check_auto_encoder(path, cfg)
         spec = dataclasses.replace(spec, init=str(path))
         info = {"pretrained_now": pretrained, "seconds": round(time.perf_counter() - t0, 2)}
     if spec.init not in ("random",) and not spec.init.startswith("imagenet:"):
@@ -411,5 +410,7 @@ def resolve_study(spec: StudyConfig, *, on_progress: Callable[[dict], None] | No
 
         spec = dataclasses.replace(spec, init=str(Path(spec.init).resolve()))
         meta = read_encoder_meta(spec.init)
+        if info.get("pretrained_now") is False:                  # an auto encoder reused, not made now
+            check_auto_encoder(Path(spec.init), meta)
         info.update(path=spec.init, checksum=meta.get("checksum"), method=meta.get("method"))
     return spec, info
