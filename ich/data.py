@@ -405,17 +405,32 @@ class EmbeddingBagDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, embeddings: np.ndarray, rows: dict[str, tuple[int, int]], exams: pd.DataFrame, *,
-                 slice_labels: dict[str, np.ndarray] | None = None, bag_min_slices: int | None = None, seed: int = 0):
+                 slice_labels: dict[str, np.ndarray] | None = None, bag_min_slices: int | None = None, seed: int = 0,
+                 keep_epoch_items: bool = False):
         self.embeddings, self.rows = embeddings, rows
         self.exam_ids = exams["exam_id"].tolist()
         self.labels = exams["label"].astype("Float64").to_numpy(dtype=np.float32, na_value=np.nan)
         self.slice_labels = slice_labels or {}
         self.bag_min_slices, self.seed, self.epoch = bag_min_slices, seed, 0
+        # An item depends on (seed, epoch, i) only, and an epoch that cycles a small labelled set asks for each
+        # item several times: with keep_epoch_items the current epoch's items are kept (at most one epoch's worth).
+        self.kept: dict[int, dict] | None = {} if keep_epoch_items else None
 
-    set_epoch = BagDataset.set_epoch
     __len__ = BagDataset.__len__
 
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch and self.kept is not None:
+            self.kept = {}
+        self.epoch = epoch
+
     def __getitem__(self, i: int) -> dict:
+        if self.kept is None:
+            return self._draw(i)
+        if i not in self.kept:
+            self.kept[i] = self._draw(i)
+        return self.kept[i]
+
+    def _draw(self, i: int) -> dict:
         exam_id = self.exam_ids[i]
         start, stop = self.rows[exam_id]
         rng = np.random.default_rng((self.seed, self.epoch, i))
@@ -472,18 +487,14 @@ def collate_bags(items: list[dict]) -> dict:
     """Pad bags to the longest: ``x`` (B, S, C, H, W) or ``h`` (B, S, D), ``mask`` (B, S) bool,
     ``label`` (B,), ``slice_labels`` (B, S) (nan on padding), ``index`` (B, S) (-1 on padding), ``exam_id``."""
     key = "x" if "x" in items[0] else "h"
-    B, S = len(items), max(it[key].shape[0] for it in items)
-    first = items[0][key]
-    data = first.new_zeros((B, S, *first.shape[1:]))
-    mask = torch.zeros(B, S, dtype=torch.bool)
-    slice_labels = torch.full((B, S), float("nan"))
-    index = torch.full((B, S), -1, dtype=torch.int64)
-    for b, it in enumerate(items):
-        k = it[key].shape[0]
-        data[b, :k], mask[b, :k] = it[key], True
-        slice_labels[b, :k], index[b, :k] = it["slice_labels"], it["index"]
-    return {key: data, "mask": mask, "label": torch.tensor([it["label"] for it in items], dtype=torch.float32),
-            "slice_labels": slice_labels, "index": index, "exam_id": [it["exam_id"] for it in items]}
+    pad = torch.nn.utils.rnn.pad_sequence
+    lengths = torch.tensor([it[key].shape[0] for it in items])
+    return {key: pad([it[key] for it in items], batch_first=True),
+            "mask": torch.arange(int(lengths.max())) < lengths[:, None],
+            "label": torch.tensor([it["label"] for it in items], dtype=torch.float32),
+            "slice_labels": pad([it["slice_labels"] for it in items], batch_first=True, padding_value=float("nan")),
+            "index": pad([it["index"] for it in items], batch_first=True, padding_value=-1),
+            "exam_id": [it["exam_id"] for it in items]}
 
 
 def collate_slices(items: list[dict]) -> dict:

@@ -102,10 +102,10 @@ def score_bags(model, loader, *, supervision: str, device: torch.device, precisi
 
 def summarize(pred: pd.DataFrame) -> dict:
     """Exam AUC, slice AUC and counts of a prediction table (AUCs are NaN on one-class input)."""
-    exams = pred.groupby("exam_id", sort=False).agg(score=("exam_score", "first"), label=("exam_label", "first"))
-    ey = exams["label"].astype("Float64").to_numpy(float, na_value=np.nan)
+    exams = pred.drop_duplicates("exam_id")          # exam score and label repeat on every slice row of an exam
+    ey = exams["exam_label"].astype("Float64").to_numpy(float, na_value=np.nan)
     sy = pred["slice_label"].astype("Float64").to_numpy(float, na_value=np.nan)
-    return {"exam_auc": labelled_auc(ey, exams["score"].to_numpy(float)),
+    return {"exam_auc": labelled_auc(ey, exams["exam_score"].to_numpy(float)),
             "slice_auc": labelled_auc(sy, pred["slice_score"].to_numpy(float)),
             "n_exams": int(len(exams)), "n_positive_exams": int(np.nansum(ey))}
 

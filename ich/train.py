@@ -339,7 +339,8 @@ class _Trainer:
             visible = exam_slice_labels(self.seen_slices, sub.slice_exam_ids)   # weak: none; mixed: slice-part exams
             if self.fast:
                 self.train_set = EmbeddingBagDataset(self.embeddings, self.rows, train_exams, slice_labels=visible,
-                                                     bag_min_slices=t.bag_min_slices, seed=cfg.seed)
+                                                     bag_min_slices=t.bag_min_slices, seed=cfg.seed,
+                                                     keep_epoch_items=True)
             else:
                 self.train_set = BagDataset(volumes, train_exams, windows=cfg.data.windows, slice_labels=visible,
                                             bag_min_slices=t.bag_min_slices, augment=self.augment, seed=cfg.seed)
@@ -360,9 +361,10 @@ class _Trainer:
             else:
                 eval_ds = BagDataset(volumes, e, windows=cfg.data.windows, slice_labels=truth)
                 bs = 1
-            self.eval_sets[split] = torch.utils.data.DataLoader(eval_ds, batch_size=bs, shuffle=False,
-                                                                generator=torch.Generator(),   # not the global RNG
-                                                                collate_fn=collate_bags)
+            loader = torch.utils.data.DataLoader(eval_ds, batch_size=bs, shuffle=False, collate_fn=collate_bags,
+                                                 generator=torch.Generator())   # not the global RNG
+            # the fast path's validation bags are small and scored every epoch: collated once
+            self.eval_sets[split] = list(loader) if self.fast and split == "val" else loader
         if self.held.mode == "none":
             self.criterion = "last_epoch"
         elif self.held.mode == "paid":
@@ -585,7 +587,7 @@ class _Trainer:
         if self.cfg.train.supervision == "strong":
             y, p = pred["slice_label"], pred["slice_score"]
         else:
-            ex = pred.groupby("exam_id", sort=False).first()
+            ex = pred.drop_duplicates("exam_id")              # exam score and label repeat on its slice rows
             y, p = ex["exam_label"], ex["exam_score"]
         keep = y.notna().to_numpy()
         if not keep.any():

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from _blobs import write_blob_dataset
-from ich.data import (BagDataset, SliceDataset, VolumeCache, collate_bags, epoch_order, exam_slice_labels,
-                      make_augment, max_budget, sample_budget, select_labels, stratified_order)
+from ich.data import (BagDataset, EmbeddingBagDataset, SliceDataset, VolumeCache, collate_bags, epoch_order,
+                      exam_slice_labels, make_augment, max_budget, sample_budget, select_labels, stratified_order)
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +128,34 @@ def test_collate_pads_with_a_mask(blobs):
     assert b["x"].shape == (3, S, 1, 16, 16) and b["mask"].shape == (3, S)
     assert b["mask"].sum(1).tolist() == [len(i["index"]) for i in items]
     assert (b["index"][~b["mask"]] == -1).all() and torch.isnan(b["slice_labels"][~b["mask"]]).all()
+    for row, item in enumerate(items):
+        k = len(item["index"])
+        assert torch.equal(b["x"][row, :k], item["x"]) and not b["x"][row, k:].any()
+        assert torch.equal(b["index"][row, :k], item["index"])
+
+
+def test_kept_epoch_items_are_the_items_drawn_afresh(blobs):
+    """The fast path keeps an epoch's bags (asked for several times per epoch): the same bags as fresh draws,
+    new ones in the next epoch, and the first epoch's again when a learning rate of the grid restarts."""
+    exams = blobs.exams.reset_index(drop=True)
+    rows, start = {}, 0
+    for exam_id, n in zip(exams.exam_id, exams.n_slices):
+        rows[exam_id], start = (start, start + int(n)), start + int(n)
+    emb = np.random.default_rng(0).normal(size=(start, 8)).astype(np.float32)
+    labels = exam_slice_labels(blobs.slices, exams.exam_id)
+    kept = EmbeddingBagDataset(emb, rows, exams, slice_labels=labels, bag_min_slices=4, seed=5, keep_epoch_items=True)
+    fresh = EmbeddingBagDataset(emb, rows, exams, slice_labels=labels, bag_min_slices=4, seed=5)
+    for epoch in (1, 1, 2, 1):
+        kept.set_epoch(epoch), fresh.set_epoch(epoch)
+        for i in (0, 3, 0, 7):
+            a, b = kept[i], fresh[i]
+            assert torch.equal(a["index"], b["index"]) and torch.equal(a["h"], b["h"])
+            assert np.array_equal(a["slice_labels"].numpy(), b["slice_labels"].numpy(), equal_nan=True)
+            assert torch.equal(a["h"], torch.from_numpy(emb[rows[exams.exam_id[i]][0] + a["index"].numpy()]))
+        assert len(kept.kept) == 3                                # this epoch's items only
+    kept.set_epoch(2)
+    assert [tuple(kept[i]["index"].tolist()) for i in range(len(exams))] != \
+        [tuple(fresh[i]["index"].tolist()) for i in range(len(exams))]      # fresh is still on epoch 1
 
 
 def test_slice_dataset_and_augment(blobs):
