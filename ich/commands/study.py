@@ -4,8 +4,8 @@ Example: python -m ich study --dataset data/datasets/phantom --supervision weak,
 --budgets 12,24,48,96,192 --seeds 3 --out data/studies/s1 [--executor local|ray] [--workers N]
 
 Presets, on the fast path (measured on 2 CPU cores, README): quick (weak + strong x 5 budgets x 10
-seeds, 100 cells, about 9 min), noise (weak at 0-20 % wrong exam labels, one read or the majority of
-three, 54 cells, about 9 min) and acquisition (random / uncertainty / coreset / attention, 105 cells,
+seeds, 100 cells, about 7 min), noise (weak at 0-20 % wrong exam labels, one read or the majority of
+three, 54 cells, about 6 min) and acquisition (random / uncertainty / coreset / attention, 105 cells,
 16-18 min); without --dataset they use data/datasets/phantom. Every cell starts from the
 same encoder (--init; "auto" reuses or pretrains <data>/encoders/<dataset>-compact.pt).
 Rerunning the same command (or --resume --out STUDY) skips finished cells and resumes the rest.
