@@ -529,3 +529,29 @@ def test_missing_source_wording(tmp_path, source, expected):
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match=f"is not a folder; {expected}$"):
         _run(source, tmp_path / "file", tmp_path / "out")
+
+
+def test_slice_labels_join_by_sop_uid_or_file_name(tmp_path):
+    """The label join of every DICOM importer: by SOPInstanceUID, else the file name; None for any gap."""
+    from types import SimpleNamespace
+
+    from ich.sources.common import LabelLookup, read_rsna_labels, slice_labels_from_table
+
+    rows = [(f"{image}_{name}", value) for image, values in (("1.2.3", (1, 0, 1, 0, 0, 0)), ("ID_f00d", (0,) * 6),
+                                                              ("ID_half", (1, 1, 0, 0, 0, 0)))
+            for name, value in zip(("any", *SUBTYPES), values)]
+    rows = [r for r in rows if r[0] != "ID_half_subdural"]                  # one image lacks a subtype label
+    (tmp_path / "labels.csv").write_text("ID,Label\n" + "".join(f"{i},{v}\n" for i, v in rows))
+    table, stats = read_rsna_labels(tmp_path / "labels.csv")
+    labels = LabelLookup.of(table)
+    by_uid = SimpleNamespace(sop_uid="1.2.3", path=str(tmp_path / "ID_other.dcm"))
+    by_name = SimpleNamespace(sop_uid="9.9.9", path=str(tmp_path / "ID_f00d.dcm"))
+    found = slice_labels_from_table([by_uid, by_name], labels)
+    assert found is not None
+    np.testing.assert_array_equal(found[0], [1, 0])
+    np.testing.assert_array_equal(found[1], [[0, 1, 0, 0, 0], [0, 0, 0, 0, 0]])   # labels.SUBTYPES order
+    assert found[0].dtype == np.int8 and found[1].dtype == np.int8
+    unknown = SimpleNamespace(sop_uid="7.7", path=str(tmp_path / "ID_missing.dcm"))
+    assert slice_labels_from_table([by_uid, unknown], labels) is None
+    half = SimpleNamespace(sop_uid=None, path=str(tmp_path / "ID_half.dcm"))
+    assert stats["incomplete_images"] == 1 and slice_labels_from_table([half], labels) is None

@@ -8,8 +8,8 @@ from pathlib import Path
 from ich import dicom
 from ich.pseudonyms import exam_pseudonym
 from ich.pool import WorkerPool
-from ich.sources.common import (DicomExam, ProgressFn, begin_import, finish_import, plan_series, read_rsna_labels,
-                                scan_headers, slice_labels_from_table, unique_name, write_dicom_exams)
+from ich.sources.common import (DicomExam, LabelLookup, ProgressFn, begin_import, finish_import, plan_series,
+                                read_rsna_labels, scan_headers, slice_labels_from_table, unique_name, write_dicom_exams)
 
 
 def import_folder(src, out, *, labels: str | os.PathLike | None = None, size: int = 256, workers: int = 2,
@@ -42,6 +42,7 @@ def import_folder(src, out, *, labels: str | os.PathLike | None = None, size: in
                 raise ValueError(f"{labels}: {len(unknown)} of {len(table)} labelled images are not in {src} "
                                  f"(by SOPInstanceUID or file name), e.g. {unknown[:3]}; use the labels CSV that "
                                  "belongs to this folder, or remove those rows")
+        lookup = None if table is None else LabelLookup.of(table)
         groups = dicom.group_series(headers)
         exams, used_ids = [], set()
         for uid, hs in groups.items():
@@ -53,7 +54,7 @@ def import_folder(src, out, *, labels: str | os.PathLike | None = None, size: in
                 continue
             e = DicomExam(exam_id, plan.headers[0].patient_key or f"series:{uid}", plan)
             if table is not None:
-                found = slice_labels_from_table(plan.headers, table)
+                found = slice_labels_from_table(plan.headers, lookup)
                 if found is not None:
                     e.slice_labels, e.slice_subtypes = found
                 elif any((h.sop_uid in table.index or Path(h.path).stem in table.index) for h in plan.headers):

@@ -8,8 +8,8 @@ from pathlib import Path
 from ich import dicom
 from ich.dicom import DicomError, SliceHeader
 from ich.pool import WorkerPool
-from ich.sources.common import (DicomExam, ProgressFn, begin_import, finish_import, plan_series, read_rsna_labels,
-                                scan_headers, slice_labels_from_table, write_dicom_exams)
+from ich.sources.common import (DicomExam, LabelLookup, ProgressFn, begin_import, finish_import, plan_series,
+                                read_rsna_labels, scan_headers, slice_labels_from_table, write_dicom_exams)
 from ich.store import check_exam_id
 
 PHANTOM_GENERATOR = "ich.phantom"
@@ -42,6 +42,7 @@ def import_phantom(src, out, *, size: int = 256, workers: int = 2, on_progress: 
         report.info["synth"] = {k: info.get(k) for k in ("generator", "version", "seed", "exams", "size",
                                                            "difficulty")}
         table, stats = read_rsna_labels(src / "labels.csv")
+        labels = LabelLookup.of(table)
         report.info["labels"] = stats
         exams_dir = src / "exams"
         if not exams_dir.is_dir():
@@ -67,7 +68,7 @@ def import_phantom(src, out, *, size: int = 256, workers: int = 2, on_progress: 
             if plan is None:
                 continue
             e = DicomExam(exam_id, plan.headers[0].patient_key or exam_id, plan)
-            found = slice_labels_from_table(plan.headers, table)
+            found = slice_labels_from_table(plan.headers, labels)
             if found is None:
                 msg = f"exam {exam_id}: labels.csv lacks labels for some of its {plan.n_slices} slices"
                 if on_error == "raise":

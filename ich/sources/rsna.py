@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ich import dicom
 from ich.pool import WorkerPool
-from ich.sources.common import (DicomExam, ProgressFn, begin_import, finish_import, log, plan_series,
+from ich.sources.common import (DicomExam, LabelLookup, ProgressFn, begin_import, finish_import, log, plan_series,
                                 read_rsna_labels, scan_headers, slice_labels_from_table, write_dicom_exams)
 from ich.store import safe_exam_id
 
@@ -53,14 +53,14 @@ def import_rsna(src, out, *, csv: str | os.PathLike | None = None, images: str |
         if stats["labels_without_file"]:
             log.info("%d images of %s have no DICOM file under %s (a partial download or subset?)",
                      stats["labels_without_file"], csv.name, images)
-        exams = []
+        exams, labels = [], LabelLookup.of(table)
         for uid, hs in dicom.group_series(labelled).items():
             exam_id = safe_exam_id(uid)
             plan = plan_series(hs, report, on_error, f"series {exam_id}")
             if plan is None:
                 continue
             e = DicomExam(exam_id, plan.headers[0].patient_key or f"series:{uid}", plan)
-            e.slice_labels, e.slice_subtypes = slice_labels_from_table(plan.headers, table) or (None, None)
+            e.slice_labels, e.slice_subtypes = slice_labels_from_table(plan.headers, labels) or (None, None)
             if e.slice_labels is None:
                 msg = f"series {exam_id}: some slices lack one of the six labels in {csv.name}"
                 if on_error == "raise":
