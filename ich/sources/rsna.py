@@ -36,12 +36,13 @@ def import_rsna(src, out, *, csv: str | os.PathLike | None = None, images: str |
                 "SRC/stage_2_train/ID_<hex>.dcm as unzipped from Kaggle (or pass csv=/images=)")
     with writer, WorkerPool(workers) as pool:
         table, stats = read_rsna_labels(csv)
+        labels = LabelLookup.of(table)
         files = dicom.list_dicom_files(images)
         headers = scan_headers(files, report, pool=pool, on_error=on_error, on_progress=on_progress)
         labelled, seen = [], set()
         for h in headers:
-            key = h.sop_uid if h.sop_uid in table.index else Path(h.path).stem
-            if key not in table.index:
+            key = h.sop_uid if h.sop_uid in labels.rows else Path(h.path).stem
+            if key not in labels.rows:
                 report.drop(report.rel(h.path), "unlabelled", f"{report.rel(h.path)}: image {h.sop_uid} is not in "
                                                               f"{csv.name}; dropped")
                 continue
@@ -53,7 +54,7 @@ def import_rsna(src, out, *, csv: str | os.PathLike | None = None, images: str |
         if stats["labels_without_file"]:
             log.info("%d images of %s have no DICOM file under %s (a partial download or subset?)",
                      stats["labels_without_file"], csv.name, images)
-        exams, labels = [], LabelLookup.of(table)
+        exams = []
         for uid, hs in dicom.group_series(labelled).items():
             exam_id = safe_exam_id(uid)
             plan = plan_series(hs, report, on_error, f"series {exam_id}")
