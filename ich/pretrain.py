@@ -52,9 +52,10 @@ Cost (issue 14; BENCHMARKS.md, "Where the pretraining time goes" and "Cheaper pr
 drawing the crop centres by inverting a cumulative sum (``_draw_index``) instead of
 ``torch.multinomial`` made whole runs 1.3x faster at the same distribution (2026-12-04: 30 x 128 on
 phantom seed 100, 290 s -> 221 s); the forward and backward passes are now about 80% of a step.
-Cheaper schedules (9 or 10 epochs of 64 slices: 2.8-3.3x) stayed within 0.01 of validation AUC in
-one measurement and 0.014 below it in another, inside the spread that the pretraining draw alone
-gives (0.01-0.02 per phantom), so the default stays 30 epochs of 128.
+Cheaper schedules were judged on validation AUC only (the quick recipe at 48 labels). With three
+pretraining seeds per schedule on phantoms 0 and 100 (2026-12-04), 10 epochs of 64 slices scored
+0.016 below 30 epochs of 128 (+0.003 and -0.035 per phantom) for 2.7x less wall time, so the default
+stays 30 epochs of 128. One pretraining seed against another moves the score by up to 0.03.
 
 Precision is fp32 unless asked otherwise: ``auto`` (bf16 on CPUs with native bf16) once was the
 default, so the same command pretrained another encoder on another CPU. Measured on 2026-12-04

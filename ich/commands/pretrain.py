@@ -38,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="whose slices to use (default: train only)")
     parser.add_argument("--seed", type=int, help="seed of the initialisation, order and augmentation")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="fp32 (default: one recipe on every CPU) | bf16 | auto (bf16 where the CPU has it "
-                        "natively: faster, but the encoder then depends on the CPU)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                        help="fp32 (default: one recipe on every CPU) | bf16 | auto (bf16 where the CPU has it "
+                             "natively: faster, but the encoder then depends on the CPU)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any other PretrainConfig field, e.g. --set temperature=0.1 (repeatable)")
     parser.add_argument("--config", help="a JSON file of PretrainConfig fields (options above override it)")
