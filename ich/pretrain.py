@@ -54,8 +54,10 @@ drawing the crop centres by inverting a cumulative sum (``_draw_index``) instead
 phantom seed 100, 290 s -> 221 s); the forward and backward passes are now about 80% of a step.
 Cheaper schedules were judged on validation AUC only (the quick recipe at 48 labels). With three
 pretraining seeds per schedule on phantoms 0 and 100 (2026-12-04), 10 epochs of 64 slices scored
-0.016 below 30 epochs of 128 (+0.003 and -0.035 per phantom) for 2.7x less wall time, so the default
-stays 30 epochs of 128. One pretraining seed against another moves the score by up to 0.03.
+0.016 below 30 epochs of 128 (+0.003 and -0.035 per phantom) for 2.7x less wall time, and 9 epochs of 64
+(3.2x less) 0.025 below; both losses are the strong learner's (-0.04 to -0.05; the weak learner's score
+does not move), so a cheaper encoder would tilt the weak-vs-strong answer. The default stays 30 epochs of
+128. One pretraining seed against another moves the score by up to 0.03.
 
 Precision is fp32 unless asked otherwise: ``auto`` (bf16 on CPUs with native bf16) once was the
 default, so the same command pretrained another encoder on another CPU. Measured on 2026-12-04
@@ -118,7 +120,7 @@ class PretrainConfig(JsonConfig):
     windows: tuple[str, ...] = ("brain",)     # CT windows stacked as channels (as DataConfig.windows)
     input_size: int | None = 128              # slices resized to this (as DataConfig.input_size); None = cached size
     splits: tuple[str, ...] = ("train",)      # whose slices are used (pixels only)
-    epochs: int = 30                          # passes over the slice pool (9 x 64: 3.3x cheaper, module docstring)
+    epochs: int = 30                          # passes over the slice pool (cheaper schedules: module docstring)
     batch_size: int = 128                     # slices per step
     lr: float = 2e-3                          # peak AdamW learning rate (linear warm-up, cosine decay)
     weight_decay: float = 1e-4
