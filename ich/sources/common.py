@@ -356,20 +356,18 @@ class LabelLookup:
         values = table[["any", *SUBTYPES]].to_numpy(dtype=np.float32, na_value=np.nan)
         return cls({str(image): i for i, image in enumerate(table.index)}, values)
 
+    def row_of(self, header: SliceHeader) -> int | None:
+        """The row of a slice: looked up by its SOPInstanceUID, else by its file name without the suffix."""
+        row = self.rows.get(header.sop_uid) if header.sop_uid else None
+        return self.rows.get(Path(header.path).stem) if row is None else row
+
 
 def slice_labels_from_table(headers: list[SliceHeader], labels: LabelLookup) -> tuple[np.ndarray, np.ndarray] | None:
-    """(slice_labels (S,), slice_subtypes (S, 5)) for sorted headers, or None when any slice is unlabelled.
-
-    A slice is looked up by its SOPInstanceUID, else by its file name without the suffix.
-    """
-    rows = []
-    for h in headers:
-        row = labels.rows.get(h.sop_uid) if h.sop_uid else None
-        if row is None:
-            row = labels.rows.get(Path(h.path).stem)
-        if row is None:
-            return None
-        rows.append(row)
+    """(slice_labels (S,), slice_subtypes (S, 5)) for sorted headers, or None when any slice is unlabelled
+    (``LabelLookup.row_of`` finds a slice's row)."""
+    rows = [labels.row_of(h) for h in headers]
+    if None in rows:
+        return None
     values = labels.values[rows]                                                                # (S, 6)
     if np.isnan(values).any():
         return None

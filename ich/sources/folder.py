@@ -57,7 +57,7 @@ def import_folder(src, out, *, labels: str | os.PathLike | None = None, size: in
                 found = slice_labels_from_table(plan.headers, lookup)
                 if found is not None:
                     e.slice_labels, e.slice_subtypes = found
-                elif any((h.sop_uid in lookup.rows or Path(h.path).stem in lookup.rows) for h in plan.headers):
+                elif any(lookup.row_of(h) is not None for h in plan.headers):
                     msg = (f"exam {exam_id}: {labels} labels only some of its {plan.n_slices} slices (all six labels "
                            "are needed for every slice); the exam is imported without labels")
                     if on_error == "raise":

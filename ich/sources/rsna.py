@@ -41,12 +41,12 @@ def import_rsna(src, out, *, csv: str | os.PathLike | None = None, images: str |
         headers = scan_headers(files, report, pool=pool, on_error=on_error, on_progress=on_progress)
         labelled, seen = [], set()
         for h in headers:
-            key = h.sop_uid if h.sop_uid in labels.rows else Path(h.path).stem
-            if key not in labels.rows:
+            row = labels.row_of(h)
+            if row is None:
                 report.drop(report.rel(h.path), "unlabelled", f"{report.rel(h.path)}: image {h.sop_uid} is not in "
                                                               f"{csv.name}; dropped")
                 continue
-            seen.add(key)
+            seen.add(row)
             labelled.append(h)
         stats["labels_without_file"] = int(len(table) - len(seen))
         stats["paper_images"] = 752_422  # the count the reference paper reports (data-formats.md §1.2)
